@@ -1,0 +1,34 @@
+"""Default locations of generated data and runs (both git-ignored, relative to the checkout).
+
+``CUTBG_DATA`` and ``CUTBG_RUNS`` override the two base folders.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_dir() -> Path:
+    """Base folder of datasets: ``$CUTBG_DATA`` or ``data``."""
+    return Path(os.environ.get("CUTBG_DATA", "data"))
+
+
+def runs_dir() -> Path:
+    """Base folder of checkpoints and logs: ``$CUTBG_RUNS`` or ``runs``."""
+    return Path(os.environ.get("CUTBG_RUNS", "runs"))
+
+
+def classifier_path(dataset: str) -> Path:
+    """Where ``make train-classifier`` writes the classifier of a dataset."""
+    return runs_dir() / dataset / "classifier.pt"
+
+
+def calibration_path(dataset: str) -> Path:
+    """Per-class δ and heat-map thresholds written by ``python -m train calibrate``."""
+    return runs_dir() / dataset / "calibration.json"
+
+
+def agent_dir(dataset: str, class_name: str) -> Path:
+    """Folder of one class's agent (``agent.zip``, ``config.json``, TensorBoard logs)."""
+    return runs_dir() / dataset / class_name

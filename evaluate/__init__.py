@@ -1,0 +1,1 @@
+"""Experiment driver for cutbg: metrics, heat-map refinement and the ``python -m evaluate`` CLI."""

@@ -1,0 +1,72 @@
+"""Batched rollouts of a policy over many images (agent, random agent), with the env's rules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from cutbg_env import MAX_EPISODE_STEPS
+from cutbg_env.actions import Action
+from cutbg_env.core import CutWorld, Episode, new_episode
+from cutbg_env.localize import Localization
+
+Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
+"""Maps a batch of observations (``features (N, C, 7, 7)``, ``history (N, 4, 13)``) to
+``(N,)`` int actions."""
+
+
+def rollout(
+    world: CutWorld,
+    indices: Sequence[int],
+    policy: Policy,
+    delta: float,
+    eta: float = 3.0,
+    max_steps: int = MAX_EPISODE_STEPS,
+    chunk: int = 64,
+    obs_dtype: str = "float32",
+) -> list[tuple[Localization, list]]:
+    """Run one episode per image, ``chunk`` images per batched forward.
+
+    Returns, per image, the localization (the episode's last valid crop, i.e. the last crop
+    whose drop stayed ≤ δ, and its classifier calls) and the trail of crops (for figures).
+    """
+    dtype = np.dtype(obs_dtype)
+    out: list[tuple[Localization, list]] = []
+    for start in range(0, len(indices), chunk):
+        eps: list[Episode] = [
+            new_episode(world, i, delta, eta, True) for i in indices[start : start + chunk]
+        ]
+        active = list(range(len(eps)))
+        while active:
+            obs = [eps[j].obs(dtype) for j in active]
+            batch = {k: np.stack([o[k] for o in obs]) for k in ("features", "history")}
+            actions = np.asarray(policy(batch)).reshape(-1)
+            acts = [Action(int(a)) for a in actions]
+            plans = [eps[j].plan(a) for j, a in zip(active, acts, strict=True)]
+            need = [k for k, c in enumerate(plans) if c is not None]
+            res: dict[int, tuple[np.ndarray, float]] = {}
+            if need:
+                mids = world.mid_maps([eps[active[k]].index for k in need])
+                feats, scores = world.evaluate(mids, np.asarray([plans[k] for k in need]))
+                res = {k: (feats[n], float(scores[n])) for n, k in enumerate(need)}
+            still = []
+            for k, (j, act) in enumerate(zip(active, acts, strict=True)):
+                f, p = res.get(k, (None, None))
+                _, terminated = eps[j].finish(act, plans[k], f, p)
+                if not terminated and eps[j].steps < max_steps:
+                    still.append(j)
+            active = still
+        out += [(Localization(e.valid_crop, e.calls, e.steps), list(e.trail)) for e in eps]
+    return out
+
+
+def random_policy(seed: int) -> Policy:
+    """Uniform random actions over all 13 (cuts and stop)."""
+    rng = np.random.default_rng(seed)
+    return lambda obs: rng.integers(0, len(Action), size=len(obs["history"]))
+
+
+def sb3_policy(model) -> Policy:
+    """Greedy actions of a trained SB3 model."""
+    return lambda obs: model.predict(obs, deterministic=True)[0]

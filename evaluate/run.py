@@ -1,0 +1,275 @@
+"""``python -m evaluate``: every method on the same test images, VOC AP / CorLoc, figures.
+
+Methods (same classifier, same images: every test image, positives and negatives):
+
+* ``full_image``: the whole image as the box (1 call).
+* ``heatmap``: the refinement rectangle of the whole image's heat-map alone, no agent.
+* ``random_agent``: uniform random actions with the env's stop rules and step budget.
+* ``agent``: greedy rollout of the class's DQN agent.
+* ``agent_refined``: the agent's box intersected with the heat-map rectangle of its crop (§2.3).
+* ``exhaustive``: the highest-scoring of ~2,000 multi-scale windows (the proposal approach).
+* ``greedy_cut``: the reward's own policy, all 12 cuts tried every step (~200 calls).
+
+The confidence of every box is the full-image score ``p̄(c|x)`` (the paper's definition).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from stable_baselines3 import DQN
+
+from cutbg_env import paths
+from cutbg_env.backbone import load_classifier
+from cutbg_env.core import CutWorld, load_calibration, resolve_delta
+from cutbg_env.env import draw_crops
+from cutbg_env.errors import CheckpointError
+from cutbg_env.geometry import FULL_CROP, crop_to_box
+from cutbg_env.io import atomic_path, write_json, write_text
+from cutbg_env.localize import exhaustive, exhaustive_windows, greedy_cut, heatmaps
+from evaluate.metrics import average_precision, corloc, plot_pr_curve, precision_recall
+from evaluate.refine import heatmap_box, refine
+from evaluate.rollout import random_policy, rollout, sb3_policy
+from train.common import check_class, log, open_split, relpath, splits
+
+METHODS = (
+    "full_image",
+    "heatmap",
+    "random_agent",
+    "agent",
+    "agent_refined",
+    "exhaustive",
+    "greedy_cut",
+)
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    """Evaluate every method on a test split and write results/eval.{json,md} and figures."""
+
+    dataset: str = "animals"
+    """Dataset: animals (embedded), voc2007, voc2012 or a VOC-layout folder."""
+    root: str | None = None
+    """Dataset folder overriding the default location of ``dataset``."""
+    split: str | None = None
+    """Test split (default: test; val for voc2012)."""
+    classes: str | None = None
+    """Comma-separated classes (default: every class with a trained agent)."""
+    checkpoint: str | None = None
+    """Classifier checkpoint (default: runs/<dataset>/classifier.pt)."""
+    exhaustive_windows: int = 2025
+    """Windows scored per image by ``exhaustive`` (2,025 = the full multi-scale set)."""
+    max_images: int | None = None
+    """Evaluate on the first N test images only (quick checks)."""
+    figures: int = 4
+    """Images per class drawn as cutting-process / refinement figures."""
+    out: str = "results"
+    """Output folder."""
+    seed: int = 0
+    """Seed of the random agent."""
+    device: str = "cpu"
+    """Torch device."""
+
+
+def _agent_path(dataset: str, cls: str) -> Path:
+    return paths.agent_dir(dataset, cls) / "agent.zip"
+
+
+def _windows(n: int) -> np.ndarray:
+    full = exhaustive_windows()
+    if n >= len(full):
+        return full
+    return full[np.linspace(0, len(full) - 1, n).round().astype(int)]
+
+
+def evaluate_class(
+    args: EvalArgs, world: CutWorld, cls: str, indices: list[int], figdir: Path
+) -> dict[str, dict]:
+    """Boxes, calls and seconds of every method for one class on ``indices``."""
+    data = world.data
+    calib = load_calibration(args.dataset)
+    delta = resolve_delta(args.dataset, cls, None)
+    layer = calib.get("heatmap_layer", {}).get(cls, "mid")
+    thr = float(calib.get("heatmap_threshold", {}).get(cls, 0.5))
+    agent_zip = _agent_path(args.dataset, cls)
+    model = DQN.load(agent_zip, device=args.device)
+    sizes = {i: (data.annotation(i).width, data.annotation(i).height) for i in indices}
+    world.mid_maps(indices)
+    _, p_full = world.full(indices)
+    score = dict(zip(indices, p_full, strict=True))
+
+    def box(i: int, crop: tuple) -> tuple:
+        return crop_to_box(crop, *sizes[i])
+
+    def heat(i: int, crop: tuple) -> tuple:
+        return heatmap_box(heatmaps(world, i, np.asarray([crop]), layer)[0], thr, sizes[i])
+
+    res: dict[str, dict] = {}
+
+    def record(name: str, boxes: dict, calls: float, seconds: float) -> None:
+        res[name] = {"boxes": boxes, "calls": calls, "seconds": seconds}
+
+    t = time.perf_counter()
+    record("full_image", {i: box(i, FULL_CROP) for i in indices}, 1.0, time.perf_counter() - t)
+    t = time.perf_counter()
+    record("heatmap", {i: heat(i, FULL_CROP) for i in indices}, 1.0, time.perf_counter() - t)
+    for name, policy in (("random_agent", random_policy(args.seed)), ("agent", sb3_policy(model))):
+        t = time.perf_counter()
+        out = rollout(world, indices, policy, delta)
+        secs = time.perf_counter() - t
+        record(
+            name,
+            {i: box(i, loc.crop) for i, (loc, _) in zip(indices, out, strict=True)},
+            float(np.mean([loc.calls for loc, _ in out])),
+            secs,
+        )
+        if name == "agent":
+            trails = {i: tr for i, (_, tr) in zip(indices, out, strict=True)}
+            crops = {i: loc.crop for i, (loc, _) in zip(indices, out, strict=True)}
+            t = time.perf_counter()
+            refined = {i: refine(res["agent"]["boxes"][i], heat(i, crops[i])) for i in indices}
+            record("agent_refined", refined, res["agent"]["calls"], secs + time.perf_counter() - t)
+    t = time.perf_counter()
+    ex = exhaustive(world, indices, _windows(args.exhaustive_windows))
+    record(
+        "exhaustive",
+        {i: box(i, loc.crop) for i, loc in zip(indices, ex, strict=True)},
+        float(np.mean([loc.calls for loc in ex])),
+        time.perf_counter() - t,
+    )
+    t = time.perf_counter()
+    gr = greedy_cut(world, indices, delta)
+    record(
+        "greedy_cut",
+        {i: box(i, loc.crop) for i, loc in zip(indices, gr, strict=True)},
+        float(np.mean([loc.calls for loc in gr])),
+        time.perf_counter() - t,
+    )
+    for name in res:
+        res[name]["seconds"] /= max(len(indices), 1)
+        res[name]["scores"] = score
+    positives = [i for i in indices if data.gt_boxes(i, cls)]
+    for i in positives[: args.figures]:
+        _figure(world, cls, i, trails[i], crops[i], res, layer, figdir)
+    return res
+
+
+def _figure(
+    world: CutWorld, cls: str, i: int, trail: list, crop: tuple, res: dict, layer: str, figdir: Path
+) -> None:
+    """Fig. 3 + Fig. 4 of the paper for one image: cutting process | heat-map | refined box."""
+    data = world.data
+    img = data.load_image(i)
+    gts = [b for b, _ in data.gt_boxes(i, cls)]
+    left = draw_crops(img, trail, crop, gts)
+    hm = heatmaps(world, i, np.asarray([crop]), layer)[0]
+    hm = (255 * (hm - hm.min()) / max(float(np.ptp(hm)), 1e-12)).astype(np.uint8)
+    hm = cv2.applyColorMap(
+        cv2.resize(hm, img.shape[1::-1], interpolation=cv2.INTER_NEAREST), cv2.COLORMAP_JET
+    )[:, :, ::-1]
+    right = draw_crops(img, [], crop, gts, final_box=res["agent_refined"]["boxes"][i])
+    panel = np.concatenate([left, hm, right], axis=1)
+    with atomic_path(figdir / f"{cls}_{data.ids[i]}.png", suffix=".png") as tmp:
+        cv2.imwrite(str(tmp), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+
+
+def run(args: EvalArgs) -> dict:
+    """Evaluate and write ``results/eval.json``, ``eval.md``, PR curves and figures."""
+    _, test_split = splits(args.dataset)
+    split = args.split or test_split
+    data = open_split(args.dataset, args.root, split)
+    if args.classes:
+        classes = args.classes.split(",")
+        for c in classes:
+            check_class(data, c, args.dataset)
+    else:
+        classes = [c for c in data.classes if _agent_path(args.dataset, c).is_file()]
+    missing = [c for c in classes if not _agent_path(args.dataset, c).is_file()]
+    if not classes or missing:
+        which = missing[0] if missing else "dog"
+        raise CheckpointError(
+            f"no trained agent for {missing or 'any class'} of {args.dataset!r} "
+            f"(looked for {_agent_path(args.dataset, which)}): train one with "
+            f"`make train CLASS={which}`"
+            + ("" if args.dataset == "animals" else f" DATASET={args.dataset}")
+        )
+    ckpt = args.checkpoint or str(paths.classifier_path(args.dataset))
+    model, _ = load_classifier(ckpt, args.device)
+    indices = list(range(len(data)))[: args.max_images]
+    out = Path(args.out)
+    table: dict[str, dict] = {
+        m: {"ap": {}, "ap07": {}, "corloc": {}, "calls": [], "secs": []} for m in METHODS
+    }
+    for cls in classes:
+        world = CutWorld(args.dataset, split, cls, root=args.root, device=args.device, model=model)
+        world.data = data
+        log(f"evaluating {cls} on {len(indices)} {split} images")
+        res = evaluate_class(args, world, cls, indices, out / "figures")
+        gt = {i: data.gt_boxes(i, cls) for i in indices}
+        gt_pos = {i: g for i, g in gt.items() if g}
+        for m, r in res.items():
+            dets = [(i, float(r["scores"][i]), r["boxes"][i]) for i in indices]
+            table[m]["ap"][cls] = average_precision(dets, gt)
+            table[m]["ap07"][cls] = average_precision(dets, gt, use_07_metric=True)
+            table[m]["corloc"][cls] = corloc(r["boxes"], gt_pos)
+            table[m]["calls"].append(r["calls"])
+            table[m]["secs"].append(r["seconds"])
+            rec, prec = precision_recall(dets, gt)
+            plot_pr_curve(
+                rec,
+                prec,
+                out / "pr" / f"{cls}_{m}.png",
+                f"{cls} / {m}: AP {table[m]['ap'][cls]:.1f}",
+            )
+    result: dict = {
+        "dataset": args.dataset,
+        "split": split,
+        "classes": classes,
+        "images": len(indices),
+        "args": dataclasses.asdict(args),
+    }
+    for m in METHODS:
+        t = table[m]
+        result[m] = {
+            "ap": t["ap"],
+            "ap07": t["ap07"],
+            "map": float(np.mean(list(t["ap"].values()))),
+            "map07": float(np.mean(list(t["ap07"].values()))),
+            "corloc": t["corloc"],
+            "mean_corloc": float(np.mean(list(t["corloc"].values()))),
+            "calls_per_image": float(np.mean(t["calls"])),
+            "seconds_per_image": float(np.mean(t["secs"])),
+        }
+    write_json(out / "eval.json", result)
+    md = markdown_table(result)
+    write_text(out / "eval.md", md)
+    print(md)
+    log(f"results -> {relpath(out / 'eval.json')}, {relpath(out / 'eval.md')}")
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    """The table a person reads (like the paper's Tables 2–5)."""
+    classes = result["classes"]
+    lines = [
+        f"# Localization on {result['dataset']} / {result['split']} ({result['images']} images)",
+        "",
+        "| method | mAP | mAP (VOC07 11-pt) | mean CorLoc | calls / image | ms / image | "
+        + " | ".join(f"AP {c}" for c in classes)
+        + " |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(classes),
+    ]
+    for m in METHODS:
+        r = result[m]
+        lines.append(
+            f"| {m} | {r['map']:.1f} | {r['map07']:.1f} | {r['mean_corloc']:.1f} | "
+            f"{r['calls_per_image']:.1f} | {1000 * r['seconds_per_image']:.1f} | "
+            + " | ".join(f"{r['ap'][c]:.1f}" for c in classes)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,158 @@
+"""Exact checks of the heat-map refinement on tiny hand-made maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cutbg_env.errors import CutbgError
+from evaluate.refine import HeatmapError, channel_sum, heatmap_box, refine
+
+# 4 rows × 5 columns; the peak 10 is at row 2, column 2 (0-based), i.e. cell box (3, 3, 3, 3).
+MAP45 = np.array(
+    [
+        [0, 0, 0, 0, 0],
+        [0, 5, 9, 0, 0],
+        [0, 6, 10, 2, 0],
+        [0, 0, 0, 0, 0],
+    ],
+    dtype=np.float64,
+)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "box"),
+    [
+        (0.5, (2, 2, 3, 3)),  # cells >= 5: rows 1-2, cols 1-2
+        (0.1, (2, 2, 4, 3)),  # cells >= 1 add the 2 at row 2, col 3
+        (1.0, (3, 3, 3, 3)),  # only the peak
+        (0.0, (1, 1, 5, 4)),  # every cell: the whole map
+    ],
+)
+def test_threshold_effects_in_cell_coordinates(threshold: float, box: tuple) -> None:
+    assert heatmap_box(MAP45, threshold) == box
+
+
+def test_scaled_to_image_size() -> None:
+    # 100×80 image: 20 pixels a cell each way; cells 1..2 (0-based) -> pixels 21..60.
+    assert heatmap_box(MAP45, 0.5, image_size=(100, 80)) == (21, 21, 60, 60)
+    # 50×30 image: 10 × 7.5 pixels a cell; x: [10, 30) -> 11..30; y: [7.5, 22.5) -> 8..23.
+    assert heatmap_box(MAP45, 0.5, image_size=(50, 30)) == (11, 8, 30, 23)
+
+
+def test_normalisation_is_min_max() -> None:
+    # Adding a constant or scaling by a positive factor changes nothing.
+    assert heatmap_box(3 * MAP45 - 7, 0.5) == (2, 2, 3, 3)
+    # Negative map: -3 -> 0, -2 -> 0.5, -1 -> 1; the two kept cells touch diagonally.
+    assert heatmap_box(np.array([[-3.0, -1.0], [-2.0, -3.0]]), 0.5) == (1, 1, 2, 2)
+
+
+def test_peak_in_smaller_blob_wins() -> None:
+    hmap = np.array(
+        [
+            [8, 8, 8, 0, 0],
+            [8, 8, 8, 0, 0],
+            [8, 8, 8, 0, 9],
+            [0, 0, 0, 0, 0],
+        ],
+        dtype=np.float64,
+    )
+    assert heatmap_box(hmap, 0.5) == (5, 3, 5, 3)
+    # Joining the blobs through a bridge cell at row 2, col 3 gives their union.
+    hmap[2, 3] = 8
+    assert heatmap_box(hmap, 0.5) == (1, 1, 5, 3)
+
+
+def test_eight_connectivity() -> None:
+    hmap = np.zeros((4, 5))
+    hmap[0, 0], hmap[1, 1], hmap[3, 3] = 9.0, 7.0, 7.0
+    assert heatmap_box(hmap, 0.5) == (1, 1, 2, 2)  # diagonal neighbour joins; (3, 3) does not
+
+
+def test_tied_maxima_take_first_in_row_major_order() -> None:
+    hmap = np.zeros((4, 5))
+    hmap[3, 0] = hmap[0, 4] = 10.0
+    assert heatmap_box(hmap, 0.5) == (5, 1, 5, 1)
+
+
+@pytest.mark.parametrize(("bad", "word"), [(np.nan, "NaN"), (np.inf, "inf"), (-np.inf, "inf")])
+def test_non_finite_map_is_rejected(bad: float, word: str) -> None:
+    hmap = MAP45.copy()
+    hmap[0, 0] = bad
+    with pytest.raises(HeatmapError, match=word):
+        heatmap_box(hmap, 0.5)
+
+
+def test_heatmap_error_is_value_and_cutbg_error() -> None:
+    assert issubclass(HeatmapError, ValueError) and issubclass(HeatmapError, CutbgError)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5,), (1, 4, 5)])
+def test_bad_shape_is_rejected(shape: tuple) -> None:
+    with pytest.raises(HeatmapError, match="2-D"):
+        heatmap_box(np.ones(shape), 0.5)
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5])
+def test_bad_threshold_is_rejected(threshold: float) -> None:
+    with pytest.raises(HeatmapError, match="threshold"):
+        heatmap_box(MAP45, threshold)
+
+
+def test_constant_map_falls_back_to_whole_map() -> None:
+    assert heatmap_box(np.full((4, 5), 3.0), 0.5) == (1, 1, 5, 4)
+    assert heatmap_box(np.zeros((4, 5)), 0.5, image_size=(100, 80)) == (1, 1, 100, 80)
+
+
+def test_upsample_option() -> None:
+    # 2×2 map with the peak at the bottom right, resized bilinearly to 4×4 (half-pixel centres):
+    # weights along each axis 0, .25, .75, 1, so the 4×4 map is their outer product.
+    hmap = np.array([[0.0, 0.0], [0.0, 1.0]])
+    # >= 0.2 keeps .25 (rows/cols 1 and 3), .5625, .75 and 1: rows 1..3, cols 1..3.
+    assert heatmap_box(hmap, 0.2, image_size=(4, 4), upsample=True) == (2, 2, 4, 4)
+    # Without upsampling only the peak cell survives, scaled to pixels 3..4.
+    assert heatmap_box(hmap, 0.2, image_size=(4, 4)) == (3, 3, 4, 4)
+    with pytest.raises(HeatmapError, match="image_size"):
+        heatmap_box(hmap, 0.2, upsample=True)
+
+
+def test_accepts_torch_tensor() -> None:
+    assert heatmap_box(torch.from_numpy(MAP45).float(), 0.5) == (2, 2, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("agent", "heat", "expected"),
+    [
+        ((1, 1, 50, 50), (30, 20, 80, 40), (30, 20, 50, 40)),  # overlap
+        ((1, 1, 50, 50), (10, 10, 20, 20), (10, 10, 20, 20)),  # heat box inside
+        ((1, 1, 10, 10), (10, 5, 20, 20), (10, 5, 10, 10)),  # share one column of pixels
+        ((1, 1, 10, 10), (20, 20, 30, 30), (1, 1, 10, 10)),  # disjoint: agent's box kept
+        ((1, 1, 10, 10), (11, 1, 20, 10), (1, 1, 10, 10)),  # adjacent, no shared pixel
+    ],
+)
+def test_refine(agent: tuple, heat: tuple, expected: tuple) -> None:
+    assert refine(agent, heat) == expected
+
+
+def test_channel_sum_torch_and_numpy() -> None:
+    feats = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    expected = np.arange(12).reshape(3, 4) * 2 + 12.0  # x + (x + 12)
+    np.testing.assert_array_equal(channel_sum(feats), expected)
+    np.testing.assert_array_equal(channel_sum(feats.numpy()), expected)
+    assert channel_sum(feats).shape == (3, 4)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (0, 3, 4), (1, 2, 3, 4)])
+def test_channel_sum_rejects_bad_shape(shape: tuple) -> None:
+    with pytest.raises(HeatmapError, match=r"\(C, h, w\)"):
+        channel_sum(np.zeros(shape))
+
+
+def test_pipeline_channel_sum_then_box_then_refine() -> None:
+    feats = np.zeros((2, 4, 5))
+    feats[0] = MAP45
+    feats[1, 1:3, 1:3] = 1.0  # raise the whole blob a little; the peak stays at row 2, col 2
+    heat = heatmap_box(channel_sum(feats), 0.5, image_size=(100, 80))
+    assert heat == (21, 21, 60, 60)
+    assert refine((1, 1, 40, 80), heat) == (21, 21, 40, 60)

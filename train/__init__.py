@@ -1,0 +1,1 @@
+"""Experiment driver for training (run from the checkout: ``python -m train``)."""

@@ -1,0 +1,358 @@
+"""Stage 3: the SB3 DQN agent of one class (paper §2.2, §3.1).
+
+Policy: two trainable 3×3 convolutional adaptation layers over the frozen classifier's senior
+feature map, concatenated with the one-hot action history, then an MLP Q head with 13 outputs.
+The backbone lives in the env (one shared copy) and never enters the policy or the replay buffer.
+
+Schedules follow the paper in *epochs* (one epoch = one pass over the class's trainval images
+that contain it): RMSprop, learning rate decaying from ``lr_start`` to ``lr_end`` over the first
+``decay_epochs`` and constant after; ε from 1.0 down to 0.1 in steps of 0.1 over the same epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3 import DQN
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import VecMonitor
+from torch import nn
+
+from cutbg_env import paths
+from cutbg_env.backbone import load_classifier
+from cutbg_env.core import CutWorld, resolve_delta
+from cutbg_env.errors import CheckpointError
+from cutbg_env.io import atomic_path, write_json
+from cutbg_env.vec_env import BatchedCutBackgroundVecEnv
+from train.common import check_class, log, open_split, relpath, seed_everything, splits
+
+VOC_DATASETS = ("voc2007", "voc2012")
+
+
+@dataclass(frozen=True)
+class AgentArgs:
+    """Train the DQN agent of one class on the batched CutBackground env."""
+
+    class_name: str = field(default="dog", metadata={"flags": ("--class",)})
+    """Class the agent localizes."""
+    dataset: str = "animals"
+    """Dataset: animals (embedded), voc2007, voc2012 or a VOC-layout folder."""
+    root: str | None = None
+    """Dataset folder overriding the default location of ``dataset``."""
+    checkpoint: str | None = None
+    """Classifier checkpoint (default: runs/<dataset>/classifier.pt)."""
+    out: str | None = None
+    """Run folder (default: runs/<dataset>/<class>)."""
+    epochs: int | None = None
+    """Passes over the class's trainval images (default: 50 on VOC as the paper, 12 here)."""
+    decay_epochs: int | None = None
+    """Epochs over which lr and ε decay (default: 10 on VOC, 40% of the epochs here)."""
+    lr_start: float | None = None
+    """Initial RMSprop learning rate (default: 1e-5 on VOC, 1e-3 here)."""
+    lr_end: float | None = None
+    """Learning rate after the decay (default: 1e-6 on VOC, 1e-4 here)."""
+    eps_end: float = 0.1
+    """Final ε of the ε-greedy exploration (from 1.0, in steps of 0.1)."""
+    gamma: float = 0.95
+    """Discount factor."""
+    n_envs: int = 8
+    """Episodes stepped together in one batched forward."""
+    buffer_size: int | None = None
+    """Replay transitions (default: 30,000 on VOC, 100,000 here; see README for bytes)."""
+    batch_size: int = 64
+    """Replay minibatch."""
+    train_freq: int = 4
+    """Environment steps (per env) between gradient steps."""
+    gradient_steps: int = 1
+    """Gradient steps each time."""
+    learning_starts: int = 1000
+    """Transitions collected before learning."""
+    target_update: int = 1000
+    """Transitions between target-network copies."""
+    adapt_channels: int = 32
+    """Channels of the two adaptation convolutions (128 on VOC)."""
+    hidden: int = 256
+    """Width of the Q head's hidden layer."""
+    delta: float | None = None
+    """Score-drop threshold δ (default: the calibrated value of the class)."""
+    eta: float = 3.0
+    """Reward magnitude η of the stop action."""
+    obs_dtype: str = "float16"
+    """Observation storage dtype (float16 halves the replay buffer)."""
+    max_images: int | None = None
+    """Train on the first N images of the class only (quick experiments, tests)."""
+    resume: bool = False
+    """Continue from the last epoch checkpoint in the run folder."""
+    save_replay_buffer: bool = False
+    """Also save the replay buffer with each epoch checkpoint."""
+    progress: bool = True
+    """Show SB3's progress bar."""
+    seed: int = 0
+    """Seed of the env order, exploration and initialisation."""
+    device: str = "cpu"
+    """Torch device of the classifier and the DQN."""
+    threads: int = 0
+    """Torch CPU threads (0 = torch's default)."""
+
+    def resolved(self) -> AgentArgs:
+        """Fill the dataset-dependent defaults (paper's values on VOC)."""
+        voc = self.dataset in VOC_DATASETS
+        epochs = self.epochs or (50 if voc else 12)
+        return dataclasses.replace(
+            self,
+            epochs=epochs,
+            decay_epochs=self.decay_epochs or (10 if voc else max(1, round(0.4 * epochs))),
+            lr_start=self.lr_start or (1e-5 if voc else 1e-3),
+            lr_end=self.lr_end or (1e-6 if voc else 1e-4),
+            buffer_size=self.buffer_size or (30_000 if voc else 100_000),
+            adapt_channels=128 if voc and self.adapt_channels == 32 else self.adapt_channels,
+        )
+
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else paths.agent_dir(self.dataset, self.class_name)
+
+
+class CutFeatures(BaseFeaturesExtractor):
+    """Two 3×3 adaptation convs (ReLU) over the senior map, flattened, + the action history."""
+
+    def __init__(self, observation_space: spaces.Dict, channels: int = 32) -> None:
+        c, h, w = observation_space["features"].shape
+        hist = int(np.prod(observation_space["history"].shape))
+        super().__init__(observation_space, features_dim=channels * h * w + hist)
+        self.adapt = nn.Sequential(
+            nn.Conv2d(c, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(1),
+        )
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat(
+            [self.adapt(obs["features"].float()), obs["history"].float().flatten(1)], 1
+        )
+
+
+class EpochClock:
+    """Epochs done, shared by the schedules and the callback (episodes / images per epoch)."""
+
+    def __init__(self, images: int, episodes: int = 0) -> None:
+        self.images, self.episodes = images, episodes
+
+    @property
+    def epoch(self) -> float:
+        return self.episodes / self.images
+
+
+class EpsilonSchedule:
+    """ε = 1.0 → ``end`` in steps of 0.1 spread evenly over ``decay`` epochs (paper §3.1)."""
+
+    def __init__(self, clock: EpochClock, decay: int, end: float) -> None:
+        self.clock, self.decay, self.end = clock, decay, end
+
+    def __call__(self, _progress_remaining: float) -> float:
+        n_steps = round((1.0 - self.end) / 0.1)
+        k = min(n_steps, math.floor(self.clock.epoch / self.decay * n_steps))
+        return max(self.end, 1.0 - 0.1 * k)
+
+
+class LrSchedule:
+    """Learning rate decaying geometrically ``start`` → ``end`` over ``decay`` epochs, then flat."""
+
+    def __init__(self, clock: EpochClock, decay: int, start: float, end: float) -> None:
+        self.clock, self.decay, self.start, self.end = clock, decay, start, end
+
+    def __call__(self, _progress_remaining: float) -> float:
+        f = min(1.0, self.clock.epoch / self.decay)
+        return self.start * (self.end / self.start) ** f
+
+
+class EpochCallback(BaseCallback):
+    """Counts episodes, logs score drops, saves a checkpoint each epoch, stops after the last."""
+
+    def __init__(self, clock: EpochClock, epochs: int, run_dir: Path, save_buffer: bool) -> None:
+        super().__init__()
+        self.clock, self.epochs, self.run_dir, self.save_buffer = (
+            clock,
+            epochs,
+            run_dir,
+            save_buffer,
+        )
+        self.drops: list[float] = []
+        self.t0 = time.monotonic()
+
+    def _on_step(self) -> bool:
+        for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
+            if done:
+                before = math.floor(self.clock.epoch)
+                self.clock.episodes += 1
+                self.drops.append(float(info["drop"]))
+                if math.floor(self.clock.epoch) > before:
+                    self._end_epoch(math.floor(self.clock.epoch))
+        return self.clock.epoch < self.epochs
+
+    def _end_epoch(self, epoch: int) -> None:
+        self.logger.record("cutbg/score_drop", float(np.mean(self.drops)) if self.drops else 0.0)
+        self.logger.record("cutbg/epoch", epoch)
+        self.drops = []
+        ckpt_dir = self.run_dir / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(ckpt_dir / f"epoch_{epoch:03d}.zip", suffix=".zip") as tmp:
+            self.model.save(tmp)
+        if self.save_buffer:
+            with atomic_path(ckpt_dir / "replay_buffer.pkl", suffix=".pkl") as tmp:
+                self.model.save_replay_buffer(tmp)
+        write_json(
+            ckpt_dir / "state.json",
+            {
+                "epoch": epoch,
+                "episodes": self.clock.episodes,
+                "timesteps": self.model.num_timesteps,
+            },
+        )
+
+
+def last_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest epoch checkpoint of a run folder and its state, or ``None``."""
+    ckpt_dir = run_dir / "checkpoints"
+    zips = sorted(ckpt_dir.glob("epoch_*.zip"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+    if not zips or not (ckpt_dir / "state.json").is_file():
+        return None
+    state = json.loads((ckpt_dir / "state.json").read_text())
+    best = ckpt_dir / f"epoch_{state['epoch']:03d}.zip"
+    return (best if best.is_file() else zips[-1]), state
+
+
+def make_vec_env(args: AgentArgs, split: str, model: Any = None) -> BatchedCutBackgroundVecEnv:
+    """The batched env of a class (one shared classifier)."""
+    world = CutWorld(
+        args.dataset,
+        split,
+        args.class_name,
+        args.checkpoint,
+        args.root,
+        args.device,
+        max_images=args.max_images,
+        model=model,
+    )
+    return BatchedCutBackgroundVecEnv(
+        args.n_envs,
+        world=world,
+        delta=resolve_delta(args.dataset, args.class_name, args.delta),
+        eta=args.eta,
+        obs_dtype=args.obs_dtype,
+    )
+
+
+def train_agent(args: AgentArgs) -> Path:
+    """Train (or resume) one class's agent; return the path of the final ``agent.zip``."""
+    args = args.resolved()
+    assert args.epochs and args.decay_epochs and args.lr_start and args.lr_end
+    train_split, _ = splits(args.dataset)
+    data = open_split(args.dataset, args.root, train_split)
+    check_class(data, args.class_name, args.dataset)
+    ckpt = Path(args.checkpoint) if args.checkpoint else paths.classifier_path(args.dataset)
+    hint = "make train-classifier" + (
+        "" if args.dataset == "animals" else f" DATASET={args.dataset}"
+    )
+    classifier, _ = load_classifier(ckpt, args.device, hint=hint)
+    run_dir = args.run_dir()
+    resume = last_checkpoint(run_dir) if args.resume else None
+    if args.resume and resume is None:
+        raise CheckpointError(
+            f"--resume: no epoch checkpoint in {run_dir / 'checkpoints'}; train without --resume"
+        )
+    seed_everything(args.seed, args.threads)
+    venv = make_vec_env(args, train_split, classifier)
+    venv.seed(args.seed)
+    env = VecMonitor(venv)
+    clock = EpochClock(len(venv.world.positives), resume[1]["episodes"] if resume else 0)
+    delta = venv.delta
+    tb = str(run_dir / "tb")
+    if resume:
+        model = DQN.load(resume[0], env=env, device=args.device, tensorboard_log=tb)
+        if args.save_replay_buffer and (run_dir / "checkpoints" / "replay_buffer.pkl").is_file():
+            model.load_replay_buffer(run_dir / "checkpoints" / "replay_buffer.pkl")
+        log(
+            f"resuming {relpath(resume[0])} at epoch {resume[1]['epoch']}, {model.num_timesteps} steps"
+        )
+    else:
+        model = DQN(
+            "MultiInputPolicy",
+            env,
+            learning_rate=args.lr_start,
+            buffer_size=args.buffer_size,
+            learning_starts=args.learning_starts,
+            batch_size=args.batch_size,
+            gamma=args.gamma,
+            train_freq=args.train_freq,
+            gradient_steps=args.gradient_steps,
+            target_update_interval=args.target_update,
+            exploration_initial_eps=1.0,
+            exploration_final_eps=args.eps_end,
+            policy_kwargs={
+                "features_extractor_class": CutFeatures,
+                "features_extractor_kwargs": {"channels": args.adapt_channels},
+                "net_arch": [args.hidden],
+                "optimizer_class": torch.optim.RMSprop,
+                "normalize_images": False,
+            },
+            tensorboard_log=tb,
+            seed=args.seed,
+            device=args.device,
+            verbose=0,
+        )
+    model.exploration_schedule = EpsilonSchedule(clock, args.decay_epochs, args.eps_end)
+    model.lr_schedule = LrSchedule(clock, args.decay_epochs, args.lr_start, args.lr_end)
+    callback = EpochCallback(clock, args.epochs, run_dir, args.save_replay_buffer)
+    remaining = args.epochs * len(venv.world.positives) * 20  # an upper bound: the callback stops
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        run_dir / "config.json",
+        {
+            "args": dataclasses.asdict(args),
+            "delta": delta,
+            "classifier": str(ckpt),
+            "images": len(venv.world.positives),
+        },
+    )
+    t0 = time.monotonic()
+    model.learn(
+        total_timesteps=remaining,
+        callback=callback,
+        tb_log_name="dqn",
+        reset_num_timesteps=resume is None,
+        progress_bar=args.progress,
+    )
+    final = run_dir / "agent.zip"
+    with atomic_path(final, suffix=".zip") as tmp:
+        model.save(tmp)
+    seconds = time.monotonic() - t0
+    write_json(
+        run_dir / "config.json",
+        {
+            "args": dataclasses.asdict(args),
+            "delta": delta,
+            "classifier": str(ckpt),
+            "images": len(venv.world.positives),
+            "timesteps": model.num_timesteps,
+            "epochs": clock.epoch,
+            "seconds": round(seconds, 1),
+        },
+    )
+    log(
+        f"agent {args.class_name}: {model.num_timesteps} steps, {clock.epoch:.1f} epochs in "
+        f"{seconds:.0f} s -> {relpath(final)}"
+    )
+    return final

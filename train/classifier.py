@@ -1,0 +1,236 @@
+"""Stage 1: the multi-label classifier (paper §2.1, §3.1, Table 1).
+
+VOC: VGG-16 from ``VGG16_Weights.IMAGENET1K_V1`` with one sigmoid output per class, fine-tuned on
+VOC2007 trainval (+ VOC2012 train when present). Embedded default: the 1/8-width VGG-16 trained
+from scratch on cluttered-animals trainval. Image-level labels only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from cutbg_env import paths
+from cutbg_env.backbone import (
+    BackboneConfig,
+    Classifier,
+    load_classifier,
+    preprocess,
+    save_classifier,
+)
+from cutbg_env.data import VOCDataset
+from cutbg_env.errors import CheckpointError, DataError
+from cutbg_env.io import write_json
+from evaluate.metrics import classification_ap
+from train.common import log, open_split, relpath, seed_everything, splits
+
+
+@dataclass(frozen=True)
+class ClassifierArgs:
+    """Train the multi-label classifier that the env and the agent use."""
+
+    dataset: str = "animals"
+    """Dataset: animals (embedded), voc2007, voc2012 or a VOC-layout folder."""
+    root: str | None = None
+    """Dataset folder overriding the default location of ``dataset``."""
+    out: str | None = None
+    """Checkpoint path (default: runs/<dataset>/classifier.pt)."""
+    minutes: float = 3.0
+    """Wall-clock training budget in minutes (the learning rate follows a cosine over it)."""
+    max_epochs: int = 200
+    """Stop after this many epochs even if time is left."""
+    batch_size: int = 32
+    """Images per optimisation step."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (1e-4 is used for the pretrained VOC network unless set)."""
+    weight_decay: float = 5e-4
+    """AdamW weight decay."""
+    label_smoothing: float = 0.0
+    """Targets become 1-ε/2 and ε/2: keeps logits off the sigmoid's flat ends."""
+    crop_augment: float = 0.0
+    """Probability of zeroing a random outer margin of the mid-level map while training."""
+    weights: str = "IMAGENET1K_V1"
+    """VOC only: torchvision weights enum name or a local vgg16 .pth file."""
+    seed: int = 0
+    """Seed of the initialisation, batch order and augmentation."""
+    device: str = "cpu"
+    """Torch device (cpu or cuda)."""
+    threads: int = 0
+    """Torch CPU threads (0 = torch's default)."""
+    force: bool = False
+    """Retrain even if a checkpoint for the same config exists."""
+
+    def backbone(self) -> BackboneConfig:
+        """The network this dataset uses."""
+        if self.dataset in ("voc2007", "voc2012"):
+            return BackboneConfig.voc(self.weights)
+        return BackboneConfig()
+
+    def checkpoint(self) -> Path:
+        return Path(self.out) if self.out else paths.classifier_path(self.dataset)
+
+
+def _load_split(data: VOCDataset, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(images uint8 (N,3,S,S), labels float (N,K), mask float (N,K))`` of a whole split."""
+    images = torch.empty((len(data), 3, size, size), dtype=torch.uint8)
+    for i in tqdm(range(len(data)), desc=f"loading {data.split}", leave=False):
+        images[i] = (preprocess(data.load_image(i), size)[0] * 255).round().to(torch.uint8)
+    return images, torch.from_numpy(data.labels), torch.from_numpy(data.label_mask)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and small translations of a float image batch."""
+    n, _, s, _ = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    shift = torch.randint(-s // 16, s // 16 + 1, (2,), generator=gen).tolist()
+    return torch.roll(x, shifts=(shift[0], shift[1]), dims=(2, 3))
+
+
+def _crop_mask(n: int, grid: int, p: float, gen: torch.Generator) -> torch.Tensor:
+    """``(n, 1, grid, grid)`` masks: with probability ``p`` zero a random margin of ≤ 1/4 a side."""
+    from cutbg_env.geometry import crop_masks
+
+    m = torch.randint(0, grid // 4 + 1, (n, 4), generator=gen)
+    crops = torch.stack([m[:, 0], m[:, 1], grid - m[:, 2], grid - m[:, 3]], 1)
+    keep = torch.rand(n, generator=gen) >= p
+    crops[keep] = torch.tensor([0, 0, grid, grid])
+    return crop_masks(crops, grid).float()
+
+
+@torch.inference_mode()
+def predict(model: Classifier, images: torch.Tensor, device: str, batch: int = 128) -> np.ndarray:
+    """Sigmoid scores ``(N, K)`` of uint8 images ``(N, 3, S, S)``."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch):
+        x = images[start : start + batch].to(device).float().div_(255)
+        out.append(torch.sigmoid(model(x)).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def train_classifier(args: ClassifierArgs) -> Path:
+    """Train (or skip when the same config is done), write the checkpoint and
+    ``results/classifier.json``; return the checkpoint path."""
+    ckpt = args.checkpoint()
+    fingerprint = json.dumps(
+        {
+            k: v
+            for k, v in dataclasses.asdict(args).items()
+            if k not in ("force", "device", "threads")
+        },
+        sort_keys=True,
+    )
+    if ckpt.exists() and not args.force:
+        try:
+            _, meta = load_classifier(ckpt)
+        except CheckpointError:
+            meta = {}
+        if meta.get("fingerprint") == fingerprint or meta.get("shipped"):
+            log(
+                f"classifier {relpath(ckpt)} exists for this config: skipping (use --force to retrain)"
+            )
+            return ckpt
+    seed_everything(args.seed, args.threads)
+    train_split, test_split = splits(args.dataset)
+    train = open_split(args.dataset, args.root, train_split)
+    extra: list[VOCDataset] = []
+    if args.dataset == "voc2007":  # the paper: VOC2007 trainval + VOC2012 train
+        try:
+            extra.append(open_split("voc2012", None, "train"))
+        except DataError:
+            log("VOC2012 not found: fine-tuning on VOC2007 trainval only")
+    test = open_split(args.dataset, args.root, test_split)
+    config = args.backbone()
+    model = Classifier(config, train.classes).to(args.device)
+    size = config.input_size
+    parts = [_load_split(d, size) for d in [train, *extra]]
+    images = torch.cat([p[0] for p in parts])
+    labels = torch.cat([p[1] for p in parts])
+    mask = torch.cat([p[2] for p in parts])
+    lr = args.lr if config.width_divisor != 1 or args.lr != 2e-3 else 1e-4
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    gen = torch.Generator().manual_seed(args.seed)
+    writer = SummaryWriter(str(ckpt.parent / "classifier_tb"))
+    budget = args.minutes * 60.0
+    start, step = time.monotonic(), 0
+    eps = args.label_smoothing
+    bar = tqdm(total=round(budget), desc="classifier", unit="s")
+    done = False
+    for epoch in range(args.max_epochs):
+        model.train()
+        order = torch.randperm(len(images), generator=gen)
+        for b in range(0, len(order) - args.batch_size + 1, args.batch_size):
+            elapsed = time.monotonic() - start
+            if elapsed >= budget:
+                done = True
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
+            idx = order[b : b + args.batch_size]
+            x = _augment(images[idx].float().div_(255), gen).to(args.device)
+            y = labels[idx].to(args.device) * (1 - eps) + eps / 2
+            w = mask[idx].to(args.device)
+            mid = model.lower(x)
+            if args.crop_augment > 0:
+                mid = mid * _crop_mask(len(idx), mid.shape[-1], args.crop_augment, gen).to(mid)
+            logits = model.head(model.upper(mid))
+            loss = (
+                F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w
+            ).sum() / w.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % 10 == 0:
+                writer.add_scalar("classifier/loss", loss.item(), step)
+                writer.add_scalar("classifier/lr", opt.param_groups[0]["lr"], step)
+            bar.n = min(round(time.monotonic() - start), round(budget))
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+            bar.update(0)
+        if done:
+            break
+    bar.close()
+    test_images, test_labels, test_mask = _load_split(test, size)
+    scores = predict(model, test_images, args.device)
+    ap = {
+        c: classification_ap(scores[:, k], test_labels[:, k].numpy(), test_mask[:, k].numpy())
+        for k, c in enumerate(test.classes)
+    }
+    m_ap = float(np.mean(list(ap.values())))
+    writer.add_scalar("classifier/test_map", m_ap, step)
+    writer.close()
+    meta = {
+        "fingerprint": fingerprint,
+        "args": dataclasses.asdict(args),
+        "steps": step,
+        "epochs": epoch + 1,
+        "seconds": round(time.monotonic() - start, 1),
+        "test_ap": ap,
+        "test_map": m_ap,
+    }
+    save_classifier(model.cpu(), ckpt, meta)
+    write_json(
+        Path("results") / "classifier.json",
+        {
+            "dataset": args.dataset,
+            "split": test_split,
+            "checkpoint": str(ckpt),
+            "ap": ap,
+            "map": m_ap,
+            "steps": step,
+            "seconds": meta["seconds"],
+        },
+    )
+    log(f"classifier: {step} steps, test mAP {m_ap:.1f} -> {relpath(ckpt)}")
+    return ckpt
