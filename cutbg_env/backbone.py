@@ -101,7 +101,8 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def _build_vgg(config: BackboneConfig, num_classes: int) -> VGG:
+def _build_vgg(config: BackboneConfig, num_classes: int) -> VGG | nn.Sequential:
+    """torchvision's VGG-16 (``vgg_fc`` head) or just its conv layers (``gap`` head)."""
     if config.width_divisor == 1 and not config.batch_norm and config.head == "vgg_fc":
         weights = config.weights
         if weights is None or Path(str(weights)).suffix in (".pth", ".pt"):
@@ -121,7 +122,19 @@ def _build_vgg(config: BackboneConfig, num_classes: int) -> VGG:
         vgg.classifier[-1] = nn.Linear(last.in_features, num_classes)
         return vgg
     layout = [v if v == "M" else max(int(v) // config.width_divisor, 1) for v in cfgs["D"]]
-    return VGG(make_layers(layout, batch_norm=config.batch_norm), num_classes=num_classes)
+    features = make_layers(layout, batch_norm=config.batch_norm)
+    if config.head == "vgg_fc":
+        return VGG(features, num_classes=num_classes)
+    # "gap": only the conv layers (VGG's 4096-wide FC head would be built just to be dropped),
+    # initialised as torchvision's VGG does.
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return features
 
 
 class Classifier(nn.Module):
@@ -133,7 +146,7 @@ class Classifier(nn.Module):
         self.config = config
         self.classes: tuple[str, ...] = tuple(classes)
         vgg = _build_vgg(config, len(self.classes))
-        layers = list(vgg.features.children())
+        layers = list((vgg.features if isinstance(vgg, VGG) else vgg).children())
         pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
         n_pools = {2: 1, 4: 2, 8: 3}[config.input_size // GRID]
         split = pools[n_pools - 1] + 1
@@ -148,7 +161,7 @@ class Classifier(nn.Module):
         self.lower = nn.Sequential(Normalize(), *layers[:split])
         self.upper = nn.Sequential(*layers[split:end])
         tail = layers[end:]
-        if config.head == "vgg_fc":
+        if isinstance(vgg, VGG):
             self.head = nn.Sequential(*tail, vgg.avgpool, nn.Flatten(1), vgg.classifier)
         else:
             channels = [m for m in layers if isinstance(m, nn.Conv2d)][-1].out_channels

@@ -95,16 +95,20 @@ class CutWorld:
         self.positives: list[int] = self.data.positives(class_name)
         if max_images is not None:
             self.positives = self.positives[:max_images]
-        if not self.positives:
-            raise DataError(
-                f"split {split!r} of {self.data.root} has no image of class {class_name!r}"
-            )
         if cache_dtype not in ("float32", "float16"):
             raise ValueError(f"cache_dtype={cache_dtype!r}: expected 'float32' or 'float16'")
         self.cache_dtype = getattr(torch, cache_dtype)
         self._cache: dict[int, torch.Tensor] = {}
         self._full: dict[int, tuple[np.ndarray, float]] = {}
         self.amp = self.device.type == "cuda"
+
+    def require_positives(self) -> None:
+        """Raise :class:`DataError` when the split has no image of the class (episodes need one)."""
+        if not self.positives:
+            raise DataError(
+                f"split {self.data.split!r} of {self.data.root} has no image of class "
+                f"{self.class_name!r}: pick another class or split"
+            )
 
     def _autocast(self):
         if self.amp:

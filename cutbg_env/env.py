@@ -140,6 +140,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         self.world = world or CutWorld(
             dataset, split, class_name, checkpoint, root, device, max_images=max_images
         )
+        self.world.require_positives()
         self.delta = resolve_delta(self.world.dataset_name, class_name, delta)
         self.eta = float(eta)
         self.terminate_on_drop = terminate_on_drop

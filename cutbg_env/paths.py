@@ -19,16 +19,21 @@ def runs_dir() -> Path:
     return Path(os.environ.get("CUTBG_RUNS", "runs"))
 
 
+def dataset_key(dataset: str) -> str:
+    """Folder name under ``runs/`` of a dataset: its name, or the last part of a folder path."""
+    return Path(dataset).name if ("/" in dataset or os.sep in dataset) else dataset
+
+
 def classifier_path(dataset: str) -> Path:
     """Where ``make train-classifier`` writes the classifier of a dataset."""
-    return runs_dir() / dataset / "classifier.pt"
+    return runs_dir() / dataset_key(dataset) / "classifier.pt"
 
 
 def calibration_path(dataset: str) -> Path:
     """Per-class δ and heat-map thresholds written by ``python -m train calibrate``."""
-    return runs_dir() / dataset / "calibration.json"
+    return runs_dir() / dataset_key(dataset) / "calibration.json"
 
 
 def agent_dir(dataset: str, class_name: str) -> Path:
     """Folder of one class's agent (``agent.zip``, ``config.json``, TensorBoard logs)."""
-    return runs_dir() / dataset / class_name
+    return runs_dir() / dataset_key(dataset) / class_name

@@ -183,7 +183,7 @@ def test_preprocess_single_and_batch() -> None:
     one = preprocess(img, 112)
     assert one.shape == (1, 3, 112, 112)
     assert one.dtype == torch.float32
-    assert 0.0 <= float(one.min()) and float(one.max()) <= 1.0
+    assert float(one.min()) >= 0.0 and float(one.max()) <= 1.0
     big = rng.integers(0, 256, size=(300, 200, 3), dtype=np.uint8)
     batch = preprocess([img, big, img], 56)
     assert batch.shape == (3, 3, 56, 56)

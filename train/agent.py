@@ -257,6 +257,11 @@ def make_vec_env(args: AgentArgs, split: str, model: Any = None) -> BatchedCutBa
 
 def train_agent(args: AgentArgs) -> Path:
     """Train (or resume) one class's agent; return the path of the final ``agent.zip``."""
+    return fit_agent(args)[1]
+
+
+def fit_agent(args: AgentArgs) -> tuple[DQN, Path]:
+    """:func:`train_agent` that also returns the trained model."""
     args = args.resolved()
     assert args.epochs and args.decay_epochs and args.lr_start and args.lr_end
     train_split, _ = splits(args.dataset)
@@ -355,4 +360,4 @@ def train_agent(args: AgentArgs) -> Path:
         f"agent {args.class_name}: {model.num_timesteps} steps, {clock.epoch:.1f} epochs in "
         f"{seconds:.0f} s -> {relpath(final)}"
     )
-    return final
+    return model, final

@@ -1,0 +1,767 @@
+"""Tests of ``CutBackground-v0``: API conformance, determinism, rewards and errors.
+
+A random-init classifier scores the tiny generated dataset: its scores sit near 0.5 and move
+little, so δ picks the outcome (δ = 1 never ends on a drop, δ = -1 ends on every cut).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.envs.registration import EnvSpec
+from gymnasium.error import ResetNeeded
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3 import DQN, PPO
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from tiny import (
+    dataset_classes,
+    make_registered,
+    make_tiny_checkpoint,
+    pick_class,
+    tiny_env_kwargs,
+)
+
+import cutbg_env
+from cutbg_env import MAX_EPISODE_STEPS, Action
+from cutbg_env.actions import CUT_ACTIONS, MIN_CELLS, N_ACTIONS, apply_cut
+from cutbg_env.core import HISTORY, CutWorld, Episode
+from cutbg_env.env import CutBackgroundEnv, draw_crops, parse_action
+from cutbg_env.errors import CheckpointError, DataError, UnknownClassError
+from cutbg_env.geometry import FULL_CROP, crop_to_box
+
+ALL_IDS = (*cutbg_env.ENV_IDS, "cutbg_env:CutBackground-v0")
+INFO_KEYS = {
+    "crop",
+    "box",
+    "last_valid_crop",
+    "last_valid_box",
+    "p_full",
+    "p_crop",
+    "drop",
+    "calls",
+    "image_id",
+    "index",
+}
+# Every side cut by one cell in turn: 20 effective cuts from the full map.
+SMALL_CUTS = [Action.UP_1, Action.DOWN_1, Action.LEFT_1, Action.RIGHT_1] * 5
+GREEN, BLUE, RED = (0, 200, 0), (0, 90, 255), (230, 0, 0)
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny CPU convolutions are far slower with 2 OpenMP threads on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_animals: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "classifier.pt"
+    return make_tiny_checkpoint(path, dataset_classes(tiny_animals))
+
+
+@pytest.fixture(scope="module")
+def class_name(tiny_animals: Path) -> str:
+    return pick_class(tiny_animals)
+
+
+@pytest.fixture(scope="module")
+def env_kwargs(tiny_animals: Path, tiny_ckpt: Path, class_name: str) -> dict:
+    return tiny_env_kwargs(tiny_animals, tiny_ckpt, class_name)
+
+
+@pytest.fixture(scope="module")
+def world(env_kwargs: dict) -> CutWorld:
+    """One world (dataset + classifier + caches) shared by the tests that do not test building."""
+    return CutWorld(
+        env_kwargs["dataset"], "trainval", env_kwargs["class_name"], env_kwargs["checkpoint"]
+    )
+
+
+@pytest.fixture(params=ALL_IDS)
+def env_id(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def shared_env(world: CutWorld, env_kwargs: dict, **over) -> CutBackgroundEnv:
+    """A raw env over the shared world (no TimeLimit)."""
+    kwargs = {**env_kwargs, **over}
+    return CutBackgroundEnv(world=world, **kwargs)
+
+
+def run_episode(env: gym.Env, seed: int, actions) -> list:
+    """Reset with ``seed`` and step ``actions`` until the episode ends; return every output."""
+    obs, info = env.reset(seed=seed)
+    out: list = [(obs, info)]
+    for a in actions:
+        obs, reward, terminated, truncated, info = env.step(a)
+        out.append((obs, reward, terminated, truncated, info))
+        if terminated or truncated:
+            break
+    return out
+
+
+def assert_same_outputs(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for ta, tb in zip(a, b, strict=True):
+        assert len(ta) == len(tb)
+        for xa, xb in zip(ta, tb, strict=True):
+            if isinstance(xa, dict) and "features" in xa:
+                assert xa.keys() == xb.keys()
+                for k in xa:
+                    assert xa[k].dtype == xb[k].dtype
+                    np.testing.assert_array_equal(xa[k], xb[k])
+            else:
+                assert xa == xb
+                assert type(xa) is type(xb)
+
+
+# -- API conformance -----------------------------------------------------------------------------
+def test_ids_registered() -> None:
+    assert "CutBackground-v0" in cutbg_env.ENV_IDS
+    spec = gym.spec("CutBackground-v0")
+    assert spec.max_episode_steps == MAX_EPISODE_STEPS == 20
+    assert spec.entry_point == "cutbg_env.env:CutBackgroundEnv"
+
+
+def test_check_env(env_id: str, env_kwargs: dict, world: CutWorld) -> None:
+    # Sharing the world keeps the checker's extra ``spec.make()`` calls cheap; building from the
+    # JSON-able kwargs alone is covered by test_spec_to_json and the determinism tests.
+    env = gym.make(env_id, world=world, **env_kwargs)
+    assert isinstance(env.unwrapped, CutBackgroundEnv)
+    assert env.spec is not None and env.spec.max_episode_steps == MAX_EPISODE_STEPS
+    gym_check_env(env.unwrapped)
+    sb3_check_env(env, warn=False)
+    env.close()
+
+
+def test_spaces(world: CutWorld, env_kwargs: dict) -> None:
+    env = shared_env(world, env_kwargs)
+    assert env.action_space == gym.spaces.Discrete(13)
+    feats = env.observation_space["features"]
+    hist = env.observation_space["history"]
+    assert feats.shape == (64, 7, 7) and feats.dtype == np.float32
+    assert float(feats.low.min()) == 0.0 and float(feats.high.max()) == 65504.0
+    assert hist.shape == (HISTORY, N_ACTIONS) == (4, 13) and hist.dtype == np.float32
+    obs, _ = env.reset(seed=0)
+    assert obs in env.observation_space
+    np.testing.assert_array_equal(obs["history"], np.zeros((4, 13), np.float32))
+    half = shared_env(world, env_kwargs, obs_dtype="float16")
+    obs16, _ = half.reset(seed=0)
+    assert obs16["features"].dtype == obs16["history"].dtype == np.float16
+    assert obs16 in half.observation_space
+    np.testing.assert_allclose(obs16["features"], obs["features"], rtol=1e-3, atol=1e-3)
+
+
+def test_spec_to_json(env_id: str, env_kwargs: dict) -> None:
+    env = gym.make(env_id, **env_kwargs)
+    text = env.spec.to_json()
+    doc = json.loads(text)
+    assert doc["kwargs"] == env_kwargs
+    assert doc["max_episode_steps"] == MAX_EPISODE_STEPS
+    assert EnvSpec.from_json(text) == env.spec
+
+
+# -- determinism ---------------------------------------------------------------------------------
+def test_same_seed_same_episode_fixed_actions(env_id: str, env_kwargs: dict, world) -> None:
+    # One env builds its own world, the other shares the module's: same results either way.
+    a = gym.make(env_id, **env_kwargs)
+    b = gym.make(env_id, world=world, **env_kwargs)
+    actions = [2, 5, 8, 11, 0, 3, 6, 9, 7, 10, 1, 4, 12]
+    out_a = run_episode(a, 11, actions)
+    out_b = run_episode(b, 11, actions)
+    assert_same_outputs(out_a, out_b)
+    assert out_a[-1][2] is True  # ended by STOP
+    # Later episodes (reset without a seed) follow the same image order too.
+    for _ in range(3):
+        assert_same_outputs(
+            run_episode(a, None, actions[:4]),  # type: ignore[arg-type]
+            run_episode(b, None, actions[:4]),  # type: ignore[arg-type]
+        )
+
+
+def test_same_seed_same_episode_random_actions(env_id: str, env_kwargs: dict, world) -> None:
+    outs = []
+    for _ in range(2):
+        env = gym.make(env_id, world=world, **env_kwargs)
+        env.action_space.seed(5)
+        actions = [env.action_space.sample() for _ in range(MAX_EPISODE_STEPS)]
+        outs.append((actions, run_episode(env, 7, actions)))
+    assert outs[0][0] == outs[1][0]
+    assert_same_outputs(outs[0][1], outs[1][1])
+
+
+def test_image_order_is_a_permutation_per_epoch(world: CutWorld, env_kwargs: dict) -> None:
+    env = shared_env(world, env_kwargs)
+    n = len(world.positives)
+    assert n >= 3
+    env.reset(seed=5)
+    # The seeded reset started the epoch: n - 1 more resets finish it.
+    first = [env._episode.index] + [env.reset()[1]["index"] for _ in range(n - 1)]
+    assert sorted(first) == sorted(world.positives)
+    second = [env.reset()[1]["index"] for _ in range(n)]
+    assert sorted(second) == sorted(world.positives)
+    env.reset(seed=5)
+    again = [env._episode.index] + [env.reset()[1]["index"] for _ in range(n - 1)]
+    assert again == first
+
+
+def test_observations_are_fresh_arrays(world: CutWorld, env_kwargs: dict) -> None:
+    env = shared_env(world, env_kwargs)
+    obs, _ = env.reset(seed=0, options={"index": 0})
+    saved = obs["features"].copy()
+    obs["features"][:] = -1.0  # a user scribbling on an observation must not touch the env
+    obs2, _ = env.reset(options={"index": 0})
+    np.testing.assert_array_equal(obs2["features"], saved)
+    step_obs, *_ = env.step(Action.UP_1)
+    step_obs["features"][:] = -1.0
+    step_obs["history"][:] = -1.0
+    assert env.step(Action.STOP)[0]["features"].min() >= 0.0
+
+
+# -- pickling and vector envs ---------------------------------------------------------------
+def test_pickle_round_trip(env_kwargs: dict, world: CutWorld) -> None:
+    env = shared_env(world, env_kwargs)
+    env.reset(seed=1)
+    env.step(Action.UP_2)
+    clone = pickle.loads(pickle.dumps(env))
+    assert isinstance(clone, CutBackgroundEnv)
+    for a in (Action.LEFT_3, Action.DOWN_1, Action.RIGHT_2, Action.STOP):
+        assert_same_outputs([env.step(a)], [clone.step(a)])
+    # The generator state travelled too: the next unseeded reset picks the same image.
+    assert env.reset()[1] == clone.reset()[1]
+
+
+def test_pickle_unwrapped_built_env(env_kwargs: dict) -> None:
+    env = gym.make(ALL_IDS[0], **env_kwargs).unwrapped
+    env.reset(seed=2)
+    clone = pickle.loads(pickle.dumps(env))
+    _, reward, terminated, truncated, info = clone.step(Action.RIGHT_1)
+    assert info["calls"] == 2 and info["crop"] == (0, 0, 27, 28)
+    assert reward == 1.0 and not terminated and not truncated
+
+
+def test_async_vector_env(env_kwargs: dict, world: CutWorld) -> None:
+    # Both spellings of the id, one per worker; the platform's default start method.
+    fns = [lambda env_id=env_id: make_registered(env_id, **env_kwargs) for env_id in ALL_IDS]
+    assert len(fns) == 2
+    venv = gym.vector.AsyncVectorEnv(fns)
+    try:
+        venv.reset_async(seed=0)
+        obs, infos = venv.reset_wait(timeout=120)
+        assert obs["features"].shape == (2, 64, 7, 7)
+        assert obs["history"].shape == (2, 4, 13)
+        ref = shared_env(world, env_kwargs)
+        ref_obs, ref_info = ref.reset(seed=0)  # worker 0 was seeded 0
+        np.testing.assert_allclose(obs["features"][0], ref_obs["features"], atol=1e-5)
+        assert infos["image_id"][0] == ref_info["image_id"]
+        for a in (Action.UP_1, Action.LEFT_2, Action.RIGHT_3, Action.DOWN_1):
+            venv.step_async(np.array([a, a]))
+            obs, rewards, terminated, truncated, infos = venv.step_wait(timeout=120)
+            r_obs, r_reward, r_term, _, r_info = ref.step(a)
+            assert rewards.shape == (2,)
+            assert rewards[0] == r_reward
+            assert bool(terminated[0]) == r_term
+            assert not truncated.any()
+            np.testing.assert_allclose(obs["features"][0], r_obs["features"], atol=1e-5)
+            np.testing.assert_array_equal(obs["history"][0], r_obs["history"])
+            assert tuple(infos["crop"][0]) == r_info["crop"]
+            assert (infos["calls"] >= 2).all()
+    finally:
+        venv.close(terminate=True)
+
+
+# -- Stable-Baselines3 ------------------------------------------------------------------------
+def test_sb3_ppo_learns(env_kwargs: dict, world: CutWorld) -> None:
+    env = gym.make(ALL_IDS[0], world=world, **env_kwargs)
+    model = PPO("MultiInputPolicy", env, n_steps=64, batch_size=32, n_epochs=2, seed=0)
+    model.learn(200)
+    assert model.num_timesteps >= 200
+    action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
+    assert 0 <= int(action) < N_ACTIONS
+
+
+def test_sb3_dqn_learns(env_kwargs: dict, world: CutWorld) -> None:
+    env = gym.make(ALL_IDS[-1], world=world, **env_kwargs)
+    model = DQN("MultiInputPolicy", env, learning_starts=50, buffer_size=500, seed=0)
+    model.learn(200)
+    assert model.num_timesteps == 200
+
+
+# -- actions and geometry of cuts ---------------------------------------------------------------
+def test_action_enum() -> None:
+    assert N_ACTIONS == 13 and len(CUT_ACTIONS) == 12 and MIN_CELLS == 1
+    assert [a.scale for a in Action] == [1, 2, 3] * 4 + [0]
+    assert [a.side for a in Action] == ["up"] * 3 + ["down"] * 3 + ["left"] * 3 + ["right"] * 3 + [
+        "stop"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("action", "expected"),
+    [
+        (Action.UP_1, (0, 1, 28, 28)),
+        (Action.UP_2, (0, 2, 28, 28)),
+        (Action.UP_3, (0, 3, 28, 28)),
+        (Action.DOWN_1, (0, 0, 28, 27)),
+        (Action.DOWN_2, (0, 0, 28, 26)),
+        (Action.DOWN_3, (0, 0, 28, 25)),
+        (Action.LEFT_1, (1, 0, 28, 28)),
+        (Action.LEFT_2, (2, 0, 28, 28)),
+        (Action.LEFT_3, (3, 0, 28, 28)),
+        (Action.RIGHT_1, (0, 0, 27, 28)),
+        (Action.RIGHT_2, (0, 0, 26, 28)),
+        (Action.RIGHT_3, (0, 0, 25, 28)),
+    ],
+)
+def test_apply_cut_from_full(action: Action, expected: tuple) -> None:
+    assert apply_cut(FULL_CROP, action) == (expected, action.scale)
+    assert apply_cut(FULL_CROP, int(action)) == (expected, action.scale)
+
+
+@pytest.mark.parametrize("thickness", [1, 2, 3])
+@pytest.mark.parametrize("scale", [1, 2, 3])
+@pytest.mark.parametrize("side", ["up", "down", "left", "right"])
+def test_apply_cut_clamps(side: str, scale: int, thickness: int) -> None:
+    action = Action(("up", "down", "left", "right").index(side) * 3 + scale - 1)
+    # A crop `thickness` cells thick in the cut's direction, 10 in the other.
+    crop = (5, 7, 15, 7 + thickness) if side in ("up", "down") else (7, 5, 7 + thickness, 15)
+    removed = min(scale, thickness - 1)
+    x0, y0, x1, y1 = crop
+    expected = {
+        "up": (x0, y0 + removed, x1, y1),
+        "down": (x0, y0, x1, y1 - removed),
+        "left": (x0 + removed, y0, x1, y1),
+        "right": (x0, y0, x1 - removed, y1),
+    }[side]
+    assert apply_cut(crop, action) == (expected, removed)
+
+
+def test_apply_cut_rejects_stop() -> None:
+    with pytest.raises(ValueError, match="STOP is not a cut"):
+        apply_cut(FULL_CROP, Action.STOP)
+
+
+def test_parse_action() -> None:
+    assert parse_action(3) is Action.DOWN_1
+    assert parse_action(np.int64(12)) is Action.STOP
+    assert parse_action(np.array(7)) is Action.LEFT_2
+    assert parse_action(np.array([11], dtype=np.int32)) is Action.RIGHT_3
+    for bad in (13, -1, 2.5, "3", None, True, np.array([1, 2]), np.array(2.0), 12.0):
+        with pytest.raises(ValueError, match="invalid action"):
+            parse_action(bad)
+
+
+# -- Episode rules on hand-made cases ---------------------------------------------------------
+def make_episode(p_full: float = 0.9, delta: float = 0.1, eta: float = 3.0, **kw) -> Episode:
+    feats = np.zeros((8, 7, 7), np.float32)
+    return Episode(4, "000005", (100, 200), feats, p_full, delta, eta, **kw)
+
+
+def feats_of(value: float) -> np.ndarray:
+    return np.full((8, 7, 7), value, np.float32)
+
+
+def test_episode_start() -> None:
+    ep = make_episode()
+    assert ep.crop == ep.valid_crop == FULL_CROP
+    assert ep.trail == [FULL_CROP]
+    assert ep.calls == 1 and ep.steps == 0 and not ep.done
+    info = ep.info()
+    assert info.keys() == INFO_KEYS
+    assert info["box"] == info["last_valid_box"] == (1, 1, 200, 100)  # (H, W) = (100, 200)
+    assert info["p_full"] == info["p_crop"] == 0.9 and info["drop"] == 0.0
+    assert (info["image_id"], info["index"]) == ("000005", 4)
+    obs = ep.obs(np.dtype(np.float32))
+    assert obs["history"].shape == (4, 13) and not obs["history"].any()
+
+
+def test_cut_within_delta_is_rewarded() -> None:
+    ep = make_episode()
+    crop = ep.plan(Action.UP_2)
+    assert crop == (0, 2, 28, 28)
+    reward, terminated = ep.finish(Action.UP_2, crop, feats_of(1.0), 0.85)
+    assert reward == 2.0 and terminated is False and not ep.done
+    assert ep.crop == ep.valid_crop == (0, 2, 28, 28)
+    assert ep.trail == [FULL_CROP, (0, 2, 28, 28)]
+    assert ep.calls == 2 and ep.p_crop == 0.85
+    info = ep.info()
+    assert info["drop"] == pytest.approx(0.05)
+    assert info["box"] == crop_to_box((0, 2, 28, 28), 200, 100) == (1, 8, 200, 100)
+    assert info["last_valid_box"] == info["box"]
+    np.testing.assert_array_equal(ep.obs(np.dtype(np.float32))["features"], feats_of(1.0))
+
+
+def test_cut_drop_equal_to_delta_is_valid() -> None:
+    ep = make_episode(p_full=0.5, delta=0.25)  # exact binary fractions: drop == delta
+    reward, terminated = ep.finish(Action.LEFT_3, ep.plan(Action.LEFT_3), feats_of(0), 0.25)
+    assert (reward, terminated) == (3.0, False)
+    assert ep.valid_crop == (3, 0, 28, 28)
+
+
+def test_cut_beyond_delta_terminates() -> None:
+    ep = make_episode()
+    ep.finish(Action.UP_1, ep.plan(Action.UP_1), feats_of(1), 0.88)
+    crop = ep.plan(Action.RIGHT_3)
+    assert crop == (0, 1, 25, 28)
+    reward, terminated = ep.finish(Action.RIGHT_3, crop, feats_of(2), 0.7)
+    assert reward == -3.0 and terminated is True and ep.done
+    assert ep.crop == (0, 1, 25, 28)  # the cut happened ...
+    assert ep.valid_crop == (0, 1, 28, 28)  # ... but the result is the crop before it
+    info = ep.info()
+    assert info["last_valid_crop"] == (0, 1, 28, 28)
+    assert info["last_valid_box"] == crop_to_box((0, 1, 28, 28), 200, 100)
+    assert info["drop"] == pytest.approx(0.2) and info["calls"] == 3
+
+
+def test_cut_beyond_delta_without_termination() -> None:
+    ep = make_episode(terminate_on_drop=False)
+    reward, terminated = ep.finish(Action.DOWN_2, ep.plan(Action.DOWN_2), feats_of(0), 0.7)
+    assert (reward, terminated) == (-2.0, False)
+    assert ep.crop == (0, 0, 28, 26) and ep.valid_crop == FULL_CROP
+    # Stopping now, with the drop above delta, is punished.
+    reward, terminated = ep.finish(Action.STOP, ep.plan(Action.STOP))
+    assert (reward, terminated) == (-3.0, True)
+    assert ep.calls == 2 and ep.crop == (0, 0, 28, 26)
+
+
+@pytest.mark.parametrize(("score", "expected"), [(0.9, 3.0), (0.85, 3.0), (0.5, -3.0)])
+def test_stop(score: float, expected: float) -> None:
+    ep = make_episode(terminate_on_drop=False)
+    if score != 0.9:
+        ep.finish(Action.UP_1, ep.plan(Action.UP_1), feats_of(0), score)
+    calls, crop = ep.calls, ep.crop
+    assert ep.plan(Action.STOP) is None
+    reward, terminated = ep.finish(Action.STOP, None)
+    assert (reward, terminated) == (expected, True) and ep.done
+    assert ep.calls == calls and ep.crop == crop
+
+
+def test_stop_uses_eta() -> None:
+    ep = make_episode(eta=1.5)
+    assert ep.finish(Action.STOP, None) == (1.5, True)
+
+
+def test_noop_cut() -> None:
+    ep = make_episode()
+    for _ in range(9):  # 9 cuts of 3 leave a column one cell wide
+        ep.finish(Action.RIGHT_3, ep.plan(Action.RIGHT_3), feats_of(0), 0.9)
+    assert ep.crop == (0, 0, 1, 28)
+    calls, trail, feats = ep.calls, list(ep.trail), ep.features
+    assert calls == 10
+    for action in (Action.RIGHT_1, Action.RIGHT_2, Action.LEFT_3):
+        assert ep.plan(action) is None
+        reward, terminated = ep.finish(action, None)
+        assert (reward, terminated) == (-float(action.scale), False)
+        assert ep.crop == ep.valid_crop == (0, 0, 1, 28)
+        assert ep.calls == calls and ep.trail == trail and ep.features is feats
+    assert ep.plan(Action.UP_1) == (0, 1, 1, 28)  # the other direction still cuts
+    assert ep.history[0, Action.LEFT_3] == 1.0 and ep.steps == 12
+
+
+def test_history_rows_shift() -> None:
+    ep = make_episode(delta=1.0)
+    seq = [Action.UP_1, Action.LEFT_2, Action.DOWN_3, Action.RIGHT_1, Action.UP_3]
+    for k, a in enumerate(seq, start=1):
+        ep.finish(a, ep.plan(a), feats_of(0), 0.5)
+        hist = ep.obs(np.dtype(np.float32))["history"]
+        assert hist.dtype == np.float32
+        assert hist.sum() == min(k, HISTORY)
+        recent = seq[:k][::-1][:HISTORY]  # most recent first
+        for row, act in enumerate(recent):
+            expected = np.zeros(N_ACTIONS, np.float32)
+            expected[act] = 1.0
+            np.testing.assert_array_equal(hist[row], expected)
+        assert not hist[len(recent) :].any()
+    assert ep.obs(np.dtype(np.float16))["history"].dtype == np.float16
+
+
+# -- the real env: rewards, info, options, render, truncation ------------------------------------
+def test_info_after_reset_and_steps(world: CutWorld, env_kwargs: dict) -> None:
+    env = shared_env(world, env_kwargs)
+    _, info = env.reset(seed=0)
+    assert info.keys() == INFO_KEYS
+    idx = info["index"]
+    assert idx in world.positives
+    ann = world.data.annotation(idx)
+    assert info["image_id"] == world.data.ids[idx] == ann.image_id
+    assert info["crop"] == info["last_valid_crop"] == FULL_CROP
+    assert info["box"] == (1, 1, ann.width, ann.height)
+    assert isinstance(info["p_full"], float) and 0.0 < info["p_full"] < 1.0
+    assert info["p_crop"] == info["p_full"] and info["drop"] == 0.0
+    assert info["calls"] == 1
+    _, full_scores = world.evaluate(world.mid_maps([idx]), np.asarray([FULL_CROP]))
+    assert info["p_full"] == pytest.approx(float(full_scores[0]), abs=1e-9)
+    calls = 1
+    for a in [Action.UP_3] * 9 + [Action.UP_1, Action.LEFT_1]:
+        before = env._episode.crop
+        _, removed = apply_cut(before, a)
+        _, _, terminated, truncated, info = env.step(a)
+        calls += removed > 0
+        assert info.keys() == INFO_KEYS
+        assert info["calls"] == calls
+        assert all(isinstance(v, int) for v in info["crop"]) and len(info["crop"]) == 4
+        assert info["box"] == crop_to_box(info["crop"], ann.width, ann.height)
+        assert info["last_valid_box"] == crop_to_box(info["last_valid_crop"], ann.width, ann.height)
+        assert info["drop"] == info["p_full"] - info["p_crop"]
+        assert isinstance(info["p_crop"], float)
+        assert (info["image_id"], info["index"]) == (ann.image_id, idx)
+        assert not truncated
+    assert info["crop"] == (1, 27, 28, 28)  # the 10th UP_3 was clamped to one row, UP_1 no-op
+    assert calls == 11
+    _, _, terminated, _, info = env.step(Action.STOP)
+    assert terminated and info["calls"] == calls
+
+
+def _random_episode_actions(episode: int) -> list[Action]:
+    """Mostly cuts (STOP now and then after the 5th step), a fixed sequence per episode."""
+    rng = np.random.default_rng(episode)
+    return [
+        Action(12 if t > 4 and rng.random() < 0.1 else int(rng.integers(0, 12))) for t in range(25)
+    ]
+
+
+def _cut_drops(world: CutWorld, env_kwargs: dict) -> list[list[float]]:
+    """Per episode below, the drops of its effective cuts, with delta = 1 (no termination)."""
+    env = shared_env(world, env_kwargs, delta=1.0)
+    drops: list[list[float]] = []
+    for episode in range(len(world.positives)):
+        env.reset(seed=episode)
+        drops.append([])
+        for a in _random_episode_actions(episode):
+            calls = env._episode.calls
+            _, _, terminated, _, info = env.step(a)
+            if info["calls"] > calls:
+                drops[-1].append(info["drop"])
+            if terminated:
+                break
+    return drops
+
+
+@pytest.mark.parametrize("which", ["first", "all"])
+def test_rewards_follow_scores(world: CutWorld, env_kwargs: dict, which: str) -> None:
+    """Rewards, termination and p̂ agree with ``world.evaluate`` of the crop, for real scores.
+
+    The random classifier's drops are tiny (~1e-4) and of either sign, so δ is taken from them:
+    the median of the episodes' first-cut drops (some episodes then start with a rewarded cut,
+    others end on their first cut) or the median of all drops."""
+    drops = _cut_drops(world, env_kwargs)
+    firsts = [d[0] for d in drops if d]
+    delta = float(np.median(firsts if which == "first" else [x for d in drops for x in d]))
+    env = shared_env(world, env_kwargs, delta=delta, eta=2.5)
+    signs: set[float] = set()
+    for episode in range(len(world.positives)):
+        obs, info = env.reset(seed=episode)
+        idx = info["index"]
+        for a in _random_episode_actions(episode):
+            prev = env._episode
+            crop, valid, calls = prev.crop, prev.valid_crop, prev.calls
+            obs, reward, terminated, truncated, info = env.step(a)
+            assert not truncated
+            ok = info["drop"] <= delta
+            if a is Action.STOP:
+                assert reward == (2.5 if ok else -2.5) and terminated
+                assert info["crop"] == crop and info["calls"] == calls
+                break
+            new, removed = apply_cut(crop, a)
+            if removed == 0:
+                assert reward == -a.scale and not terminated
+                assert info["crop"] == crop and info["calls"] == calls
+                continue
+            signs.add(float(np.sign(reward)))
+            assert info["crop"] == new and info["calls"] == calls + 1
+            assert reward == (a.scale if ok else -a.scale)
+            assert terminated == (not ok)
+            assert info["last_valid_crop"] == (new if ok else valid)
+            feats, scores = world.evaluate(world.mid_maps([idx]), np.asarray([new]))
+            assert info["p_crop"] == pytest.approx(float(scores[0]), abs=1e-9)
+            np.testing.assert_allclose(obs["features"], feats[0], atol=1e-6)
+            if terminated:
+                break
+    if which == "first" and len(set(firsts)) > 1:
+        assert signs == {1.0, -1.0}, "both outcomes should occur with this delta"
+    assert signs
+
+
+def test_delta_extremes_on_real_env(world: CutWorld, env_kwargs: dict) -> None:
+    env = shared_env(world, env_kwargs, delta=-1.0)  # every effective cut "drops" too much
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step(Action.LEFT_2)
+    assert (reward, terminated) == (-2.0, True)
+    assert info["crop"] == (2, 0, 28, 28) and info["last_valid_crop"] == FULL_CROP
+    env.reset(seed=0)
+    assert env.step(Action.STOP)[1:3] == (-3.0, True)
+    env = shared_env(world, env_kwargs, delta=1.0)
+    env.reset(seed=0)
+    assert env.step(Action.STOP)[1:3] == (3.0, True)
+
+
+def test_reset_options(world: CutWorld, env_kwargs: dict) -> None:
+    env = shared_env(world, env_kwargs)
+    for i in (0, len(world.positives) - 1):
+        _, info = env.reset(seed=0, options={"index": i})
+        assert info["index"] == world.positives[i]
+    target = world.data.ids[world.positives[1]]
+    _, info = env.reset(options={"image_id": target})
+    assert info["image_id"] == target and info["index"] == world.positives[1]
+    with pytest.raises(IndexError, match=r"options\['index'\]=99"):
+        env.reset(options={"index": 99})
+    negative = next(i for i in range(len(world.data)) if i not in world.positives)
+    with pytest.raises(ValueError, match="is not an image of"):
+        env.reset(options={"image_id": world.data.ids[negative]})
+    with pytest.raises(ValueError, match="is not an image of"):
+        env.reset(options={"image_id": "no-such-image"})
+
+
+def test_render_rgb_array(world: CutWorld, env_kwargs: dict) -> None:
+    env = shared_env(world, env_kwargs, render_mode="rgb_array", delta=1.0)
+    with pytest.raises(RuntimeError, match="before reset"):
+        env.render()
+    _, info = env.reset(seed=0, options={"index": 0})
+    ann = world.data.annotation(info["index"])
+    raw = world.data.load_image(info["index"])
+    for a in (Action.UP_3, Action.DOWN_3, Action.LEFT_3, Action.RIGHT_3, Action.UP_2):
+        env.step(a)
+    frame = env.render()
+    assert isinstance(frame, np.ndarray)
+    assert frame.shape == (ann.height, ann.width, 3) and frame.dtype == np.uint8
+    pixels = frame.reshape(-1, 3)
+    for colour in (GREEN, BLUE, RED):
+        assert (pixels == colour).all(axis=1).any(), f"no pixel of colour {colour}"
+    np.testing.assert_array_equal(world.data.load_image(info["index"]), raw)  # not drawn on
+    np.testing.assert_array_equal(env.render(), frame)
+    # The current crop's box is drawn in blue at its top-left corner.
+    box = crop_to_box(env._episode.crop, ann.width, ann.height)
+    assert tuple(frame[box[1] - 1, box[0] - 1]) == BLUE
+
+
+def test_render_without_mode_warns(world: CutWorld, env_kwargs: dict) -> None:
+    env = shared_env(world, env_kwargs)
+    env.reset(seed=0)
+    with pytest.warns(UserWarning, match="render_mode"):
+        assert env.render() is None
+
+
+def test_draw_crops_final_box() -> None:
+    img = np.zeros((56, 56, 3), np.uint8)
+    out = draw_crops(
+        img, [FULL_CROP], (2, 2, 10, 10), [(40, 5, 50, 20)], final_box=(30, 30, 50, 50)
+    )
+    assert not img.any()
+    assert tuple(out[29, 29]) == (255, 220, 0)  # final box: yellow
+    assert tuple(out[4, 39]) == RED  # ground truth
+    assert tuple(out[4, 4]) == BLUE  # crop (2, 2, 10, 10) -> box (5, 5, 20, 20)
+    assert tuple(out[0, 0]) == GREEN  # trail: the full map
+    assert tuple(out[10, 10]) == (0, 0, 0)  # inside: untouched
+
+
+def test_truncation_at_20_steps(env_id: str, world: CutWorld, env_kwargs: dict) -> None:
+    env = gym.make(env_id, world=world, **{**env_kwargs, "delta": 1.0})
+    env.reset(seed=0)
+    for t, a in enumerate(SMALL_CUTS, start=1):
+        _, reward, terminated, truncated, info = env.step(a)
+        assert reward == 1.0 and not terminated
+        assert truncated == (t == MAX_EPISODE_STEPS)
+    assert info["crop"] == (5, 5, 23, 23) and info["calls"] == 21
+    _, info = env.reset()
+    assert info["crop"] == FULL_CROP and info["calls"] == 1
+
+
+def test_raw_env_never_truncates(world: CutWorld, env_kwargs: dict) -> None:
+    env = shared_env(world, env_kwargs, delta=1.0)
+    env.reset(seed=0)
+    for a in SMALL_CUTS * 2:  # 40 steps, the last 10 or so are no-ops
+        _, _, terminated, truncated, _ = env.step(a)
+        assert not terminated and not truncated
+
+
+# -- bad input ------------------------------------------------------------------------------
+def test_unknown_class_lists_classes(env_id: str, env_kwargs: dict, tiny_animals: Path) -> None:
+    with pytest.raises(UnknownClassError, match=r"unknown class 'unicorn'") as info:
+        gym.make(env_id, **{**env_kwargs, "class_name": "unicorn"})
+    for name in dataset_classes(tiny_animals):
+        assert name in str(info.value)
+    with pytest.raises(UnknownClassError, match="PASCAL VOC class"):
+        gym.make(env_id, **{**env_kwargs, "class_name": "car"})
+
+
+def test_missing_dataset_root(env_id: str, env_kwargs: dict, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dataset"
+    with pytest.raises(DataError, match=re.escape(str(missing))):
+        gym.make(env_id, **{**env_kwargs, "dataset": str(missing)})
+    with pytest.raises(DataError, match=r"voc2007.*not found"):
+        gym.make(env_id, **{**env_kwargs, "dataset": "voc2007", "root": str(tmp_path)})
+
+
+def test_missing_checkpoint_names_command(env_id: str, env_kwargs: dict, tmp_path: Path) -> None:
+    missing = tmp_path / "classifier.pt"
+    with pytest.raises(CheckpointError, match=r"make train-classifier") as info:
+        gym.make(env_id, **{**env_kwargs, "checkpoint": str(missing)})
+    assert str(missing) in str(info.value)
+
+
+def test_bad_action(world: CutWorld, env_kwargs: dict) -> None:
+    env = gym.make(ALL_IDS[0], world=world, **env_kwargs)
+    env.reset(seed=0)
+    for bad in (13, -1, 2.5, "0"):
+        with pytest.raises(ValueError, match=r"invalid action .*0\.\.12"):
+            env.step(bad)
+    # The rejected actions changed nothing.
+    _, _, _, _, info = env.step(Action.UP_1)
+    assert info["calls"] == 2 and info["crop"] == (0, 1, 28, 28)
+    assert env.unwrapped._episode.steps == 1
+
+
+def test_step_after_end(world: CutWorld, env_kwargs: dict) -> None:
+    env = gym.make(ALL_IDS[0], world=world, **env_kwargs)
+    env.reset(seed=0)
+    assert env.step(Action.STOP)[2] is True
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        env.step(Action.UP_1)
+    raw = shared_env(world, env_kwargs, delta=-1.0)
+    raw.reset(seed=0)
+    assert raw.step(Action.UP_1)[2] is True  # ended by the score drop
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        raw.step(Action.UP_1)
+    raw.reset()
+    raw.step(Action.STOP)  # fine again after reset
+
+
+def test_step_before_reset(world: CutWorld, env_kwargs: dict) -> None:
+    with pytest.raises(RuntimeError, match=r"before reset\(\)"):
+        shared_env(world, env_kwargs).step(Action.UP_1)
+    with pytest.raises(ResetNeeded):
+        gym.make(ALL_IDS[0], world=world, **env_kwargs).step(Action.UP_1)
+
+
+def test_bad_render_mode(env_id: str, world: CutWorld, env_kwargs: dict) -> None:
+    with (
+        pytest.warns(UserWarning, match="not in the possible render_modes"),
+        pytest.raises(ValueError, match=r"render_mode='ansi'.*rgb_array"),
+    ):
+        gym.make(env_id, **{**env_kwargs, "render_mode": "ansi"})
+    with pytest.raises(ValueError, match=r"render_mode='human'"):
+        shared_env(world, env_kwargs, render_mode="human")
+
+
+def test_bad_obs_dtype(world: CutWorld, env_kwargs: dict) -> None:
+    for bad in ("float64", "int8"):
+        with pytest.raises(ValueError, match=rf"obs_dtype='{bad}'"):
+            shared_env(world, env_kwargs, obs_dtype=bad)
+
+
+def test_default_delta_warns(world: CutWorld, env_kwargs: dict) -> None:
+    with pytest.warns(UserWarning, match="no calibrated delta"):
+        env = shared_env(world, env_kwargs, delta=None)
+    assert env.delta == 0.1

@@ -1,0 +1,145 @@
+"""Training pipeline: tiny end-to-end run, save/reload, resume, calibration rule, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stable_baselines3 import DQN
+
+from cutbg_env.errors import CheckpointError, DataError
+from train.__main__ import main as train_main
+from train.agent import AgentArgs, EpochClock, EpsilonSchedule, LrSchedule, fit_agent, make_vec_env
+from train.calibrate import best_setting, delta_from_drops, validation_subset
+
+
+def test_classifier_checkpoint_and_results(tiny_pipeline: dict) -> None:
+    from cutbg_env.backbone import load_classifier
+
+    model, meta = load_classifier(tiny_pipeline["classifier"])
+    assert model.classes[4] == "dog"
+    assert meta["steps"] > 0 and set(meta["test_ap"]) == set(model.classes)
+    res = json.loads((tiny_pipeline["base"] / "results" / "classifier.json").read_text())
+    assert 0 <= res["map"] <= 100 and set(res["ap"]) == set(model.classes)
+
+
+def test_classifier_skips_same_config(tiny_pipeline: dict, capsys: pytest.CaptureFixture) -> None:
+    from train.classifier import ClassifierArgs, train_classifier
+
+    before = tiny_pipeline["classifier"].stat().st_mtime_ns
+    train_classifier(ClassifierArgs(minutes=0.05, batch_size=8))
+    assert tiny_pipeline["classifier"].stat().st_mtime_ns == before
+    assert "skipping" in capsys.readouterr().err
+
+
+def test_agent_saved_and_reloaded_gives_same_greedy_actions(tiny_pipeline: dict) -> None:
+    model: DQN = tiny_pipeline["model"]
+    reloaded = DQN.load(tiny_pipeline["agent"])
+    venv = make_vec_env(tiny_pipeline["args"], "trainval")
+    venv.seed(7)
+    obs = venv.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        a1, _ = model.predict(obs, deterministic=True)
+        a2, _ = reloaded.predict(obs, deterministic=True)
+        np.testing.assert_array_equal(a1, a2)
+        obs, *_ = venv.step(rng.integers(0, 13, size=venv.num_envs))
+    config = json.loads((tiny_pipeline["agent"].parent / "config.json").read_text())
+    assert config["timesteps"] >= 200  # "a few hundred steps"
+    assert (tiny_pipeline["agent"].parent / "tb").is_dir()
+
+
+def test_resume_continues_the_step_count(tiny_pipeline: dict) -> None:
+    run_dir = tiny_pipeline["agent"].parent
+    state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
+    args = dataclasses.replace(tiny_pipeline["args"], epochs=state["epoch"] + 2, resume=True)
+    model, _ = fit_agent(args)
+    after = json.loads((run_dir / "checkpoints" / "state.json").read_text())
+    assert after["epoch"] >= state["epoch"] + 1
+    assert model.num_timesteps > state["timesteps"]
+    assert after["timesteps"] > state["timesteps"]
+
+
+def test_resume_without_checkpoint_says_so(tiny_pipeline: dict, tmp_path: Path) -> None:
+    args = dataclasses.replace(tiny_pipeline["args"], out=str(tmp_path / "fresh"), resume=True)
+    with pytest.raises(CheckpointError, match=r"no epoch checkpoint.*without --resume"):
+        fit_agent(args)
+
+
+def test_calibration_rule_on_hand_made_drops() -> None:
+    drops = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
+    # numpy's linear quantile: position 0.8 * 4 = 3.2 -> 0.3 + 0.2 * 0.1 = 0.32
+    assert delta_from_drops(drops, 0.8, 0.02, 0.5) == pytest.approx(0.32)
+    assert delta_from_drops(drops, 0.5, 0.02, 0.5) == pytest.approx(0.2)
+    assert delta_from_drops(drops, 1.0, 0.02, 0.25) == pytest.approx(0.25)  # clipped high
+    assert delta_from_drops(np.array([-0.3, -0.2]), 0.8, 0.02, 0.5) == pytest.approx(0.02)
+    assert delta_from_drops(np.array([]), 0.8, 0.05, 0.5) == 0.05
+
+
+def test_best_setting_prefers_score_then_lower_threshold() -> None:
+    scores = {("mid", 0.3): 0.5, ("mid", 0.2): 0.5, ("senior", 0.1): 0.4}
+    assert best_setting(scores) == ("mid", 0.2)
+    scores[("senior", 0.1)] = 0.6
+    assert best_setting(scores) == ("senior", 0.1)
+
+
+def test_validation_subset_is_small_and_seeded() -> None:
+    a = validation_subset(2000, 0.05, 0)
+    assert len(a) == 100 and a == validation_subset(2000, 0.05, 0)
+    assert a != validation_subset(2000, 0.05, 1)
+    with pytest.raises(ValueError, match=r"0\.05"):
+        validation_subset(2000, 0.2, 0)
+
+
+def test_schedules_follow_the_paper_in_epochs() -> None:
+    clock = EpochClock(images=10)
+    eps = EpsilonSchedule(clock, decay=10, end=0.1)
+    lr = LrSchedule(clock, decay=10, start=1e-5, end=1e-6)
+    assert eps(1.0) == 1.0 and lr(1.0) == pytest.approx(1e-5)
+    clock.episodes = 10 * 5  # epoch 5: ε has dropped 0.1 per 10/9 epochs -> 4 steps
+    assert eps(0.5) == pytest.approx(0.6)
+    clock.episodes = 10 * 10
+    assert eps(0.0) == pytest.approx(0.1) and lr(0.0) == pytest.approx(1e-6)
+    clock.episodes = 10 * 40
+    assert eps(0.0) == pytest.approx(0.1) and lr(0.0) == pytest.approx(1e-6)
+
+
+def test_unknown_class_is_one_clear_error(
+    tiny_pipeline: dict, capsys: pytest.CaptureFixture
+) -> None:
+    runs = tiny_pipeline["base"] / "runs"
+    before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
+    assert train_main(["agent", "--class", "aeroplane", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'aeroplane' is not a class of dataset 'animals'" in err
+    assert "bear, bird, cat" in err and "DATASET=voc2007" in err
+    assert "Traceback" not in err
+    assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before  # no partial files
+
+
+def test_voc_missing_says_where_it_goes(tiny_pipeline: dict, capsys: pytest.CaptureFixture) -> None:
+    assert train_main(["agent", "--dataset", "voc2007", "--class", "dog", "--no-progress"]) == 2
+    assert "VOCdevkit/VOC2007" in capsys.readouterr().err
+
+
+def test_missing_classifier_names_the_command(tiny_pipeline: dict, tmp_path: Path) -> None:
+    args = AgentArgs(checkpoint=str(tmp_path / "none.pt"), progress=False)
+    with pytest.raises(CheckpointError, match="make train-classifier"):
+        fit_agent(args)
+
+
+def test_voc_defaults_are_the_papers() -> None:
+    a = AgentArgs(dataset="voc2007").resolved()
+    assert (a.epochs, a.decay_epochs, a.lr_start, a.lr_end, a.gamma) == (50, 10, 1e-5, 1e-6, 0.95)
+    # replay memory at VOC defaults: 512x7x7 + 4x13 float16 features, obs and next obs
+    per_obs = (512 * 49 + 52) * 2
+    assert a.buffer_size * 2 * per_obs < 4 * 10**9
+    e = AgentArgs().resolved()
+    assert e.buffer_size * 2 * (64 * 49 + 52) * 2 < 4 * 10**9
+
+
+def test_data_error_is_a_value_error() -> None:
+    assert issubclass(DataError, ValueError)
