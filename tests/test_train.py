@@ -79,11 +79,13 @@ def test_calibration_rule_on_hand_made_drops() -> None:
     assert delta_from_drops(np.array([]), 0.8, 0.05, 0.5) == 0.05
 
 
-def test_best_setting_prefers_score_then_lower_threshold() -> None:
-    scores = {("mid", 0.3): 0.5, ("mid", 0.2): 0.5, ("senior", 0.1): 0.4}
-    assert best_setting(scores) == ("mid", 0.2)
-    scores[("senior", 0.1)] = 0.6
-    assert best_setting(scores) == ("senior", 0.1)
+def test_best_setting_prefers_score_then_smaller_delta_then_lower_threshold() -> None:
+    scores = {(0.1, "mid", 0.3): 0.5, (0.1, "mid", 0.2): 0.5, (0.05, "senior", 0.1): 0.4}
+    assert best_setting(scores) == (0.1, "mid", 0.2)
+    scores[(0.05, "mid", 0.4)] = 0.5
+    assert best_setting(scores) == (0.05, "mid", 0.4)
+    scores[(0.3, "senior", 0.1)] = 0.6
+    assert best_setting(scores) == (0.3, "senior", 0.1)
 
 
 def test_validation_subset_is_small_and_seeded() -> None:

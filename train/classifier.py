@@ -59,6 +59,11 @@ class ClassifierArgs:
     """Targets become 1-ε/2 and ε/2: keeps logits off the sigmoid's flat ends."""
     crop_augment: float = 0.0
     """Probability of zeroing a random outer margin of the mid-level map while training."""
+    cutmix: float = 0.0
+    """Probability of CutMix on the mid-level map: a random box of another image is pasted in and
+    the targets mix by area, so a partial object earns a partial score."""
+    init: str | None = None
+    """Start from this classifier checkpoint (fine-tuning) instead of a fresh network."""
     weights: str = "IMAGENET1K_V1"
     """VOC only: torchvision weights enum name or a local vgg16 .pth file."""
     seed: int = 0
@@ -108,6 +113,22 @@ def _crop_mask(n: int, grid: int, p: float, gen: torch.Generator) -> torch.Tenso
     return crop_masks(crops, grid).float()
 
 
+def _cutmix(
+    mid: torch.Tensor, y: torch.Tensor, w: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CutMix (Yun et al., 2019) on mid-level maps ``(N, C, G, G)``: a box of a shuffled partner
+    replaces the same box; targets ``(N, K)`` mix by the area of the box; masks multiply."""
+    n, g = mid.shape[0], mid.shape[-1]
+    lam = float(torch.rand(1, generator=gen))
+    side = max(1, round(g * (1 - lam) ** 0.5))
+    x0, y0 = (int(v) for v in torch.randint(0, g - side + 1, (2,), generator=gen))
+    perm = torch.randperm(n, generator=gen).to(mid.device)
+    mixed = mid.clone()
+    mixed[:, :, y0 : y0 + side, x0 : x0 + side] = mid[perm, :, y0 : y0 + side, x0 : x0 + side]
+    frac = side * side / (g * g)
+    return mixed, (1 - frac) * y + frac * y[perm], w * w[perm]
+
+
 @torch.inference_mode()
 def predict(model: Classifier, images: torch.Tensor, device: str, batch: int = 128) -> np.ndarray:
     """Sigmoid scores ``(N, K)`` of uint8 images ``(N, 3, S, S)``."""
@@ -137,7 +158,7 @@ def train_classifier(args: ClassifierArgs) -> Path:
             _, meta = load_classifier(ckpt)
         except CheckpointError:
             meta = {}
-        if meta.get("fingerprint") == fingerprint or meta.get("shipped"):
+        if meta.get("fingerprint") == fingerprint:
             log(
                 f"classifier {relpath(ckpt)} exists for this config: skipping (use --force to retrain)"
             )
@@ -154,7 +175,12 @@ def train_classifier(args: ClassifierArgs) -> Path:
     test = open_split(args.dataset, args.root, test_split)
     config = args.backbone()
     # channels_last: ~1.8x faster convolutions and batch norm on CPU (and on CUDA with AMP)
-    model = Classifier(config, train.classes).to(args.device, memory_format=torch.channels_last)
+    if args.init:
+        model, _ = load_classifier(args.init)
+        model.train().requires_grad_(True)
+    else:
+        model = Classifier(config, train.classes)
+    model = model.to(args.device, memory_format=torch.channels_last)
     size = config.input_size
     parts = [_load_split(d, size) for d in [train, *extra]]
     images = torch.cat([p[0] for p in parts])
@@ -187,6 +213,8 @@ def train_classifier(args: ClassifierArgs) -> Path:
             mid = model.lower(x)
             if args.crop_augment > 0:
                 mid = mid * _crop_mask(len(idx), mid.shape[-1], args.crop_augment, gen).to(mid)
+            if args.cutmix > 0 and torch.rand(1, generator=gen).item() < args.cutmix:
+                mid, y, w = _cutmix(mid, y, w, gen)
             logits = model.head(model.upper(mid))
             loss = (
                 F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w

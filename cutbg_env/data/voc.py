@@ -5,7 +5,6 @@ Boxes follow :mod:`cutbg_env.geometry`: ``(xmin, ymin, xmax, ymax)`` ints, 1-bas
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 
 from cutbg_env.errors import DataError, UnknownClassError
 from cutbg_env.geometry import Box
+from cutbg_env.paths import data_dir
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
@@ -61,11 +61,6 @@ DATASET_SPLITS: dict[str, tuple[str, str]] = {
 """``(training split, evaluation split)`` of each named dataset."""
 
 DEFAULT_DATASET = "animals"
-
-
-def data_dir() -> Path:
-    """The base data directory: ``$CUTBG_DATA``, else ``data`` (relative to the cwd)."""
-    return Path(os.environ.get("CUTBG_DATA", "data"))
 
 
 def _voc_hint(year: str = "2007") -> str:
