@@ -55,9 +55,9 @@ class AgentArgs:
     out: str | None = None
     """Run folder (default: runs/<dataset>/<class>)."""
     epochs: int | None = None
-    """Passes over the class's trainval images (default: 50 on VOC as the paper, 12 here)."""
+    """Passes over the class's trainval images (default: 50 on VOC as the paper, 14 here)."""
     decay_epochs: int | None = None
-    """Epochs over which lr and ε decay (default: 10 on VOC, 40% of the epochs here)."""
+    """Epochs over which lr and ε decay (default: 10 on VOC as the paper, 5 here)."""
     lr_start: float | None = None
     """Initial RMSprop learning rate (default: 1e-5 on VOC, 1e-3 here)."""
     lr_end: float | None = None
@@ -72,10 +72,10 @@ class AgentArgs:
     """Replay transitions (default: 30,000 on VOC, 100,000 here; see README for bytes)."""
     batch_size: int = 64
     """Replay minibatch."""
-    train_freq: int = 4
-    """Environment steps (per env) between gradient steps."""
-    gradient_steps: int = 1
-    """Gradient steps each time."""
+    train_freq: int = 1
+    """Vec-env steps (each ``n_envs`` transitions) between training rounds."""
+    gradient_steps: int = 2
+    """Gradient steps per training round (2 per 8 transitions at the defaults)."""
     learning_starts: int = 1000
     """Transitions collected before learning."""
     target_update: int = 1000
@@ -108,11 +108,11 @@ class AgentArgs:
     def resolved(self) -> AgentArgs:
         """Fill the dataset-dependent defaults (paper's values on VOC)."""
         voc = self.dataset in VOC_DATASETS
-        epochs = self.epochs or (50 if voc else 12)
+        epochs = self.epochs or (50 if voc else 14)
         return dataclasses.replace(
             self,
             epochs=epochs,
-            decay_epochs=self.decay_epochs or (10 if voc else max(1, round(0.4 * epochs))),
+            decay_epochs=self.decay_epochs or (10 if voc else min(5, epochs)),
             lr_start=self.lr_start or (1e-5 if voc else 1e-3),
             lr_end=self.lr_end or (1e-6 if voc else 1e-4),
             buffer_size=self.buffer_size or (30_000 if voc else 100_000),
