@@ -14,9 +14,11 @@ import dataclasses
 import inspect
 import itertools
 import json
+import sys
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -95,3 +97,16 @@ def from_namespace(cls: type[T], ns: argparse.Namespace, **overrides: Any) -> T:
 def to_json(obj: Any) -> str:
     """Stable JSON of a dataclass (sorted keys): used to tell configs apart."""
     return json.dumps(dataclasses.asdict(obj), sort_keys=True)
+
+
+def run_cli(fn: Callable[[], object]) -> int:
+    """Run a command's body: a :class:`~cutbg_env.errors.CutbgError` (bad input) becomes one
+    ``error: ...`` line on stderr and exit status 2, not a traceback; success is 0."""
+    from cutbg_env.errors import CutbgError
+
+    try:
+        fn()
+    except CutbgError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cutbg_env.config import add_arguments, from_namespace
-from cutbg_env.errors import CutbgError
+from cutbg_env.config import add_arguments, from_namespace, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,12 +13,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m evaluate", description=EvalArgs.__doc__)
     add_arguments(parser, EvalArgs)
-    try:
-        run(from_namespace(EvalArgs, parser.parse_args(argv)))
-    except CutbgError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    args = parser.parse_args(argv)
+    return run_cli(lambda: run(from_namespace(EvalArgs, args)))
 
 
 if __name__ == "__main__":

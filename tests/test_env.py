@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.error import ResetNeeded
 from gymnasium.utils.env_checker import check_env as gym_check_env
@@ -56,15 +54,6 @@ GREEN, BLUE, RED = (0, 200, 0), (0, 90, 255), (230, 0, 0)
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny CPU convolutions are far slower with 2 OpenMP threads on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_ckpt(tiny_animals: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "classifier.pt"

@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cutbg_env.config import add_arguments, from_namespace
-from cutbg_env.errors import CutbgError
+from cutbg_env.config import add_arguments, from_namespace, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,12 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         add_arguments(sub.add_parser(name, help=help_text, description=cls.__doc__), cls)
     ns = parser.parse_args(argv)
     cls, fn, _ = stages[ns.stage]
-    try:
-        fn(from_namespace(cls, ns))
-    except CutbgError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: fn(from_namespace(cls, ns)))
 
 
 if __name__ == "__main__":

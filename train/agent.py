@@ -323,15 +323,13 @@ def fit_agent(args: AgentArgs) -> tuple[DQN, Path]:
     callback = EpochCallback(clock, args.epochs, run_dir, args.save_replay_buffer)
     remaining = args.epochs * len(venv.world.positives) * 20  # an upper bound: the callback stops
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(
-        run_dir / "config.json",
-        {
-            "args": dataclasses.asdict(args),
-            "delta": delta,
-            "classifier": str(ckpt),
-            "images": len(venv.world.positives),
-        },
-    )
+    config = {
+        "args": dataclasses.asdict(args),
+        "delta": delta,
+        "classifier": str(ckpt),
+        "images": len(venv.world.positives),
+    }
+    write_json(run_dir / "config.json", config)
     t0 = time.monotonic()
     model.learn(
         total_timesteps=remaining,
@@ -344,18 +342,8 @@ def fit_agent(args: AgentArgs) -> tuple[DQN, Path]:
     with atomic_path(final, suffix=".zip") as tmp:
         model.save(tmp)
     seconds = time.monotonic() - t0
-    write_json(
-        run_dir / "config.json",
-        {
-            "args": dataclasses.asdict(args),
-            "delta": delta,
-            "classifier": str(ckpt),
-            "images": len(venv.world.positives),
-            "timesteps": model.num_timesteps,
-            "epochs": clock.epoch,
-            "seconds": round(seconds, 1),
-        },
-    )
+    config.update(timesteps=model.num_timesteps, epochs=clock.epoch, seconds=round(seconds, 1))
+    write_json(run_dir / "config.json", config)
     log(
         f"agent {args.class_name}: {model.num_timesteps} steps, {clock.epoch:.1f} epochs in "
         f"{seconds:.0f} s -> {relpath(final)}"

@@ -7,13 +7,13 @@ Every :class:`~cutbg_env.data.generate.GeneratorConfig` field is a flag (``n_tra
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cutbg_env.data.generate import GeneratorConfig, _matches, field_docs, generate
+from cutbg_env.config import add_arguments, from_namespace
+from cutbg_env.data.generate import GeneratorConfig, _matches, generate
 from cutbg_env.data.voc import ANIMALS_DIRNAME, data_dir
 from cutbg_env.errors import CutbgError
 
@@ -25,7 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser(
         "generate",
         help="write the cluttered-animals dataset in VOC layout",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     gen.add_argument(
         "--root",
@@ -38,21 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace a dataset at --root that was generated with another config",
     )
-    docs = field_docs(GeneratorConfig)
-    for field in dataclasses.fields(GeneratorConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = field.default
-        if isinstance(default, bool):
-            gen.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=docs.get(field.name, ""),
-            )
-        else:
-            gen.add_argument(
-                flag, type=type(default), default=default, help=docs.get(field.name, "")
-            )
+    add_arguments(gen, GeneratorConfig)
     return parser
 
 
@@ -60,9 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 on a :class:`~cutbg_env.errors.CutbgError`)."""
     args = build_parser().parse_args(argv)
     if args.command == "generate":
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(GeneratorConfig)}
         try:
-            config = GeneratorConfig(**values)
+            config = from_namespace(GeneratorConfig, args)
             if _matches(args.root, config):
                 print(f"{args.root}: already generated with this config, nothing to do")
                 return 0

@@ -145,26 +145,6 @@ class GeneratorConfig:
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Map each dataclass field of ``cls`` to the string literal right under it (CleanRL style)."""
-    try:
-        tree = ast.parse(inspect.getsource(cls))
-    except (OSError, TypeError, SyntaxError):
-        return {}
-    docs: dict[str, str] = {}
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    for node, nxt in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = nxt.value.value.strip()
-    return docs
-
-
 @dataclass(frozen=True)
 class Scene:
     """One rendered image and its ground truth.
