@@ -18,8 +18,8 @@ from stable_baselines3 import DQN
 
 import cutbg_env  # noqa: F401 - registers the env
 from cutbg_env import paths
-from cutbg_env.config import add_arguments, from_namespace
-from cutbg_env.errors import CheckpointError, CutbgError
+from cutbg_env.config import add_arguments, from_namespace, run_cli
+from cutbg_env.errors import CheckpointError
 from cutbg_env.geometry import iou
 
 
@@ -54,31 +54,29 @@ def episode_stats(env: gym.Env, n: int, act) -> tuple[float, float]:
     return float(np.mean(returns)), float(np.mean(ious))
 
 
+def report(args: ReturnsArgs) -> None:
+    """Print the agent's and a random agent's mean return and final IoU."""
+    zip_path = paths.agent_dir(args.dataset, args.class_name) / "agent.zip"
+    if not zip_path.is_file():
+        raise CheckpointError(f"{zip_path} does not exist: `make train CLASS={args.class_name}`")
+    model = DQN.load(zip_path)
+    env = gym.make(
+        "CutBackground-v0", dataset=args.dataset, split=args.split, class_name=args.class_name
+    )
+    n = len(env.unwrapped.world.positives)  # type: ignore[attr-defined]
+    rng = np.random.default_rng(args.seed)
+    agent = episode_stats(env, n, lambda o: int(model.predict(o, deterministic=True)[0]))
+    random = episode_stats(env, n, lambda o: int(rng.integers(0, 13)))
+    print(f"{args.class_name} ({n} {args.split} images)   mean return   mean final IoU")
+    print(f"agent                          {agent[0]:11.2f}   {agent[1]:14.3f}")
+    print(f"random agent                   {random[0]:11.2f}   {random[1]:14.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evaluate.returns", description=__doc__)
     add_arguments(parser, ReturnsArgs)
     args = from_namespace(ReturnsArgs, parser.parse_args(argv))
-    try:
-        zip_path = paths.agent_dir(args.dataset, args.class_name) / "agent.zip"
-        if not zip_path.is_file():
-            raise CheckpointError(
-                f"{zip_path} does not exist: `make train CLASS={args.class_name}`"
-            )
-        model = DQN.load(zip_path)
-        env = gym.make(
-            "CutBackground-v0", dataset=args.dataset, split=args.split, class_name=args.class_name
-        )
-        n = len(env.unwrapped.world.positives)  # type: ignore[attr-defined]
-        rng = np.random.default_rng(args.seed)
-        agent = episode_stats(env, n, lambda o: int(model.predict(o, deterministic=True)[0]))
-        random = episode_stats(env, n, lambda o: int(rng.integers(0, 13)))
-    except CutbgError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.class_name} ({n} {args.split} images)   mean return   mean final IoU")
-    print(f"agent                          {agent[0]:11.2f}   {agent[1]:14.3f}")
-    print(f"random agent                   {random[0]:11.2f}   {random[1]:14.3f}")
-    return 0
+    return run_cli(lambda: report(args))
 
 
 if __name__ == "__main__":

@@ -55,3 +55,25 @@ def test_eval_cli_error_is_one_line(tiny_pipeline: dict, capsys: pytest.CaptureF
     assert eval_main(["--classes", "aeroplane"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: 'aeroplane' is not a class") and "Traceback" not in err
+
+
+def test_returns_compares_agent_and_random(
+    tiny_pipeline: dict, capsys: pytest.CaptureFixture
+) -> None:
+    from evaluate.returns import main as returns_main
+
+    assert returns_main(["--class", "dog", "--split", "trainval"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("dog (6 trainval images)")
+    agent, random = out[1].split(), out[2].split()
+    assert agent[0] == "agent" and random[:2] == ["random", "agent"]
+    assert 0.0 <= float(agent[-1]) <= 1.0 and 0.0 <= float(random[-1]) <= 1.0
+
+
+def test_returns_without_agent_names_the_command(
+    tiny_pipeline: dict, capsys: pytest.CaptureFixture
+) -> None:
+    from evaluate.returns import main as returns_main
+
+    assert returns_main(["--class", "cat"]) == 2
+    assert "make train CLASS=cat" in capsys.readouterr().err
