@@ -140,8 +140,11 @@ class CutWorld:
         return torch.stack([self._cache[i] for i in indices])
 
     def precompute(self, indices: Sequence[int] | None = None) -> None:
-        """Fill the cache for ``indices`` (default: every positive image of the class)."""
-        self.mid_maps(self.positives if indices is None else list(indices))
+        """Fill the caches (mid-level maps and whole-map features/scores) for ``indices``
+        (default: every positive image of the class), so that no reset costs a forward."""
+        indices = self.positives if indices is None else list(indices)
+        self.mid_maps(indices)
+        self.full(indices)
 
     def evaluate(
         self, mids: torch.Tensor, crops: np.ndarray | torch.Tensor

@@ -246,6 +246,7 @@ def make_vec_env(args: AgentArgs, split: str, model: Any = None) -> BatchedCutBa
         max_images=args.max_images,
         model=model,
     )
+    world.precompute()  # batched lower + whole-map passes now, instead of one per first reset
     return BatchedCutBackgroundVecEnv(
         args.n_envs,
         world=world,
