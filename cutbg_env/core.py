@@ -64,6 +64,7 @@ class CutWorld:
         cache_dtype: ``"float32"`` or ``"float16"``: storage of cached mid-level maps.
         max_images: use only the first ``max_images`` positive images (small experiments).
         model: an already loaded classifier (shares it instead of reading ``checkpoint``).
+        data: an already opened split (shares its annotation cache instead of reopening it).
     """
 
     def __init__(
@@ -77,9 +78,10 @@ class CutWorld:
         cache_dtype: str = "float32",
         max_images: int | None = None,
         model: Classifier | None = None,
+        data: VOCDataset | None = None,
     ) -> None:
         self.dataset_name = dataset
-        self.data = VOCDataset(resolve_dataset(dataset, root), split)
+        self.data = data if data is not None else VOCDataset(resolve_dataset(dataset, root), split)
         self.class_name = class_name
         self.data.class_index(class_name)  # raises UnknownClassError listing the classes
         self.device = torch.device(device)

@@ -19,7 +19,7 @@ from cutbg_env.core import (
     new_episode,
     resolve_delta,
 )
-from cutbg_env.geometry import GRID, Crop, crop_to_box
+from cutbg_env.geometry import Crop, crop_to_box
 
 
 class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
@@ -247,6 +247,3 @@ def draw_crops(
     if final_box is not None:
         rect(final_box, (255, 220, 0))
     return out
-
-
-assert GRID == 28

@@ -24,7 +24,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from cutbg_env import MAX_EPISODE_STEPS
-from cutbg_env.core import CutWorld, Episode, ImageSampler, new_episode, resolve_delta
+from cutbg_env.core import CutWorld, Episode, ImageSampler, new_episode
 from cutbg_env.env import CutBackgroundEnv, draw_crops, parse_action
 
 
@@ -164,4 +164,4 @@ class BatchedCutBackgroundVecEnv(VecEnv):
         return indices
 
 
-__all__ = ["BatchedCutBackgroundVecEnv", "resolve_delta"]
+__all__ = ["BatchedCutBackgroundVecEnv"]

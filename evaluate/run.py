@@ -206,8 +206,9 @@ def run(args: EvalArgs) -> dict:
         m: {"ap": {}, "ap07": {}, "corloc": {}, "calls": [], "secs": []} for m in METHODS
     }
     for cls in classes:
-        world = CutWorld(args.dataset, split, cls, root=args.root, device=args.device, model=model)
-        world.data = data
+        world = CutWorld(
+            args.dataset, split, cls, root=args.root, device=args.device, model=model, data=data
+        )
         log(f"evaluating {cls} on {len(indices)} {split} images")
         res = evaluate_class(args, world, cls, indices, out / "figures")
         gt = {i: data.gt_boxes(i, cls) for i in indices}

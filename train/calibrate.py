@@ -112,9 +112,8 @@ def calibrate(args: CalibrateArgs) -> dict:
     calib.setdefault("validation", {})
     for c in classes:
         world = CutWorld(
-            args.dataset, train_split, c, root=args.root, device=args.device, model=model
+            args.dataset, train_split, c, root=args.root, device=args.device, model=model, data=data
         )
-        world.data = data
         images = [i for i in subset if i in set(world.positives)]
         if not images:
             log(f"calibrate {c}: no validation image contains it; keeping defaults")
