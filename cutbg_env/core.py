@@ -322,6 +322,27 @@ class Episode:
         }
 
 
+def step_episodes(
+    world: CutWorld, episodes: Sequence[Episode], actions: Sequence[Action]
+) -> list[tuple[float, bool]]:
+    """Apply one action to each episode, scoring every planned crop in one batched forward.
+
+    The one step rule shared by the single env, the batched VecEnv and evaluation rollouts.
+    Returns ``(reward, terminated)`` per episode.
+    """
+    plans = [ep.plan(a) for ep, a in zip(episodes, actions, strict=True)]
+    need = [k for k, c in enumerate(plans) if c is not None]
+    scored: dict[int, tuple[np.ndarray, float]] = {}
+    if need:
+        mids = world.mid_maps([episodes[k].index for k in need])
+        feats, scores = world.evaluate(mids, np.asarray([plans[k] for k in need]))
+        scored = {k: (feats[n], float(scores[n])) for n, k in enumerate(need)}
+    return [
+        ep.finish(a, plans[k], *scored.get(k, (None, None)))
+        for k, (ep, a) in enumerate(zip(episodes, actions, strict=True))
+    ]
+
+
 def new_episode(
     world: CutWorld, index: int, delta: float, eta: float, terminate_on_drop: bool
 ) -> Episode:

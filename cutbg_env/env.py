@@ -18,6 +18,7 @@ from cutbg_env.core import (
     ImageSampler,
     new_episode,
     resolve_delta,
+    step_episodes,
 )
 from cutbg_env.geometry import Crop, crop_to_box
 
@@ -178,15 +179,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
             raise RuntimeError(
                 "CutBackgroundEnv.step() called after the episode ended: call reset() first"
             )
-        act = parse_action(action)
-        crop = ep.plan(act)
-        if crop is None:
-            reward, terminated = ep.finish(act, None)
-        else:
-            features, scores = self.world.evaluate(
-                self.world.mid_maps([ep.index]), np.asarray([crop])
-            )
-            reward, terminated = ep.finish(act, crop, features[0], float(scores[0]))
+        ((reward, terminated),) = step_episodes(self.world, [ep], [parse_action(action)])
         return ep.obs(self.obs_dtype), reward, terminated, False, ep.info()
 
     def render(self) -> np.ndarray | None:

@@ -24,7 +24,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from cutbg_env import MAX_EPISODE_STEPS
-from cutbg_env.core import CutWorld, Episode, ImageSampler, new_episode
+from cutbg_env.core import CutWorld, Episode, ImageSampler, new_episode, step_episodes
 from cutbg_env.env import CutBackgroundEnv, draw_crops, parse_action
 
 
@@ -96,19 +96,11 @@ class BatchedCutBackgroundVecEnv(VecEnv):
             raise RuntimeError("BatchedCutBackgroundVecEnv.step() called before reset()")
         episodes: list[Episode] = self._episodes  # type: ignore[assignment]
         acts = [parse_action(a) for a in self._actions.reshape(self.num_envs)]
-        plans = [ep.plan(a) for ep, a in zip(episodes, acts, strict=True)]
-        need = [i for i, c in enumerate(plans) if c is not None]
-        results: dict[int, tuple[np.ndarray, float]] = {}
-        if need:
-            mids = self.world.mid_maps([episodes[i].index for i in need])
-            feats, scores = self.world.evaluate(mids, np.asarray([plans[i] for i in need]))
-            results = {i: (feats[k], float(scores[k])) for k, i in enumerate(need)}
+        outcomes = step_episodes(self.world, episodes, acts)
         obs, rewards = [], np.zeros(self.num_envs, dtype=np.float32)
         dones = np.zeros(self.num_envs, dtype=bool)
         infos: list[dict[str, Any]] = []
-        for i, (ep, act) in enumerate(zip(episodes, acts, strict=True)):
-            feat, score = results.get(i, (None, None))
-            reward, terminated = ep.finish(act, plans[i], feat, score)
+        for i, (ep, (reward, terminated)) in enumerate(zip(episodes, outcomes, strict=True)):
             truncated = not terminated and ep.steps >= self.max_episode_steps
             info = ep.info()
             o = ep.obs(self.obs_dtype)

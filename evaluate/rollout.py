@@ -8,7 +8,7 @@ import numpy as np
 
 from cutbg_env import MAX_EPISODE_STEPS
 from cutbg_env.actions import Action
-from cutbg_env.core import CutWorld, Episode, new_episode
+from cutbg_env.core import CutWorld, Episode, new_episode, step_episodes
 from cutbg_env.localize import Localization
 
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -43,19 +43,12 @@ def rollout(
             batch = {k: np.stack([o[k] for o in obs]) for k in ("features", "history")}
             actions = np.asarray(policy(batch)).reshape(-1)
             acts = [Action(int(a)) for a in actions]
-            plans = [eps[j].plan(a) for j, a in zip(active, acts, strict=True)]
-            need = [k for k, c in enumerate(plans) if c is not None]
-            res: dict[int, tuple[np.ndarray, float]] = {}
-            if need:
-                mids = world.mid_maps([eps[active[k]].index for k in need])
-                feats, scores = world.evaluate(mids, np.asarray([plans[k] for k in need]))
-                res = {k: (feats[n], float(scores[n])) for n, k in enumerate(need)}
-            still = []
-            for k, (j, act) in enumerate(zip(active, acts, strict=True)):
-                f, p = res.get(k, (None, None))
-                _, terminated = eps[j].finish(act, plans[k], f, p)
-                if not terminated and eps[j].steps < max_steps:
-                    still.append(j)
+            outcomes = step_episodes(world, [eps[j] for j in active], acts)
+            still = [
+                j
+                for j, (_, terminated) in zip(active, outcomes, strict=True)
+                if not terminated and eps[j].steps < max_steps
+            ]
             active = still
         out += [(Localization(e.valid_crop, e.calls, e.steps), list(e.trail)) for e in eps]
     return out
