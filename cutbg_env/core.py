@@ -247,8 +247,10 @@ class Episode:
         delta: float,
         eta: float,
         terminate_on_drop: bool = True,
+        observe_score: bool = False,
     ) -> None:
         self.index, self.image_id = index, image_id
+        self.observe_score = observe_score
         self.height, self.width = image_size
         self.delta, self.eta, self.terminate_on_drop = delta, eta, terminate_on_drop
         self.crop: Crop = FULL_CROP
@@ -301,10 +303,13 @@ class Episode:
 
     def obs(self, dtype: np.dtype) -> dict[str, np.ndarray]:
         """The observation (see the env's Observation Space)."""
-        return {
+        obs = {
             "features": self.features.astype(dtype, copy=True),
             "history": self.history.astype(dtype, copy=True),
         }
+        if self.observe_score:
+            obs["score"] = np.asarray([self.p_crop, self.p_full - self.p_crop], dtype=dtype)
+        return obs
 
     def info(self) -> dict[str, Any]:
         """The info dict (see the env's docstring)."""
@@ -344,7 +349,12 @@ def step_episodes(
 
 
 def new_episode(
-    world: CutWorld, index: int, delta: float, eta: float, terminate_on_drop: bool
+    world: CutWorld,
+    index: int,
+    delta: float,
+    eta: float,
+    terminate_on_drop: bool,
+    observe_score: bool = False,
 ) -> Episode:
     """Start an episode on dataset image ``index`` (its whole-map score comes from the cache)."""
     ann = world.data.annotation(index)
@@ -358,6 +368,7 @@ def new_episode(
         delta,
         eta,
         terminate_on_drop,
+        observe_score,
     )
 
 

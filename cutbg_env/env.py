@@ -132,6 +132,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         device: str = "cpu",
         terminate_on_drop: bool = True,
         obs_dtype: str = "float32",
+        observe_score: bool = False,
         max_images: int | None = None,
         render_mode: str | None = None,
         world: CutWorld | None = None,
@@ -149,14 +150,21 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         if obs_dtype not in ("float32", "float16"):
             raise ValueError(f"obs_dtype={obs_dtype!r}: expected 'float32' or 'float16'")
         self.obs_dtype = np.dtype(obs_dtype)
+        self.observe_score = bool(observe_score)
         channels = self.world.model.senior_channels
         self.action_space = spaces.Discrete(N_ACTIONS)
-        self.observation_space = spaces.Dict(
-            {
-                "features": spaces.Box(0.0, FEATURE_HIGH, (channels, 7, 7), self.obs_dtype),
-                "history": spaces.Box(0.0, 1.0, (HISTORY, N_ACTIONS), self.obs_dtype),
-            }
-        )
+        obs_spaces = {
+            "features": spaces.Box(0.0, FEATURE_HIGH, (channels, 7, 7), self.obs_dtype),
+            "history": spaces.Box(0.0, 1.0, (HISTORY, N_ACTIONS), self.obs_dtype),
+        }
+        if self.observe_score:
+            obs_spaces["score"] = spaces.Box(
+                np.asarray([0.0, -1.0], self.obs_dtype),
+                np.asarray([1.0, 1.0], self.obs_dtype),
+                (2,),
+                self.obs_dtype,
+            )
+        self.observation_space = spaces.Dict(obs_spaces)
         self._sampler = ImageSampler(self.world)
         self._episode: Episode | None = None
 
@@ -168,7 +176,9 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         if seed is not None:
             self._sampler.clear()
         index = self._sampler.pick(self.np_random, options)
-        self._episode = new_episode(self.world, index, self.delta, self.eta, self.terminate_on_drop)
+        self._episode = new_episode(
+            self.world, index, self.delta, self.eta, self.terminate_on_drop, self.observe_score
+        )
         return self._episode.obs(self.obs_dtype), self._episode.info()
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:

@@ -55,6 +55,7 @@ class BatchedCutBackgroundVecEnv(VecEnv):
         self.world = tpl.world
         self.delta, self.eta = tpl.delta, tpl.eta
         self.terminate_on_drop, self.obs_dtype = tpl.terminate_on_drop, tpl.obs_dtype
+        self.observe_score = tpl.observe_score
         self.max_episode_steps = max_episode_steps
         self.render_mode = tpl.render_mode
         super().__init__(n_envs, tpl.observation_space, tpl.action_space)
@@ -71,12 +72,14 @@ class BatchedCutBackgroundVecEnv(VecEnv):
         rng = self._rngs[i]
         assert rng is not None
         index = self._samplers[i].pick(rng, options)
-        ep = new_episode(self.world, index, self.delta, self.eta, self.terminate_on_drop)
+        ep = new_episode(
+            self.world, index, self.delta, self.eta, self.terminate_on_drop, self.observe_score
+        )
         self._episodes[i] = ep
         return ep
 
     def _stack(self, obs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return {k: np.stack([o[k] for o in obs]) for k in ("features", "history")}
+        return {k: np.stack([o[k] for o in obs]) for k in obs[0]}
 
     # -- VecEnv API ------------------------------------------------------------------------
     def reset(self) -> VecEnvObs:

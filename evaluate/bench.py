@@ -187,16 +187,17 @@ def bench(args: BenchArgs) -> dict:
     _sync(device)
     dqn_rate = steps / (time.perf_counter() - t0)
     # localization latency, one image at a time
-    from evaluate.rollout import rollout, sb3_policy
+    from evaluate.rollout import observes_score, rollout, sb3_policy
 
     images = world.positives[:20]
     trained = paths.agent_dir("animals", args.class_name) / "agent.zip"
     use_trained = device.type == "cpu" and trained.is_file() and not args.checkpoint
-    policy = sb3_policy(DQN.load(trained, device=args.device) if use_trained else dqn)
-    rollout(world, images[:2], policy, 0.1, chunk=1)
+    agent = DQN.load(trained, device=args.device) if use_trained else dqn
+    policy, with_score = sb3_policy(agent), observes_score(agent)
+    rollout(world, images[:2], policy, 0.1, chunk=1, observe_score=with_score)
     _sync(device)
     t0 = time.perf_counter()
-    res = rollout(world, images, policy, 0.1, chunk=1)
+    res = rollout(world, images, policy, 0.1, chunk=1, observe_score=with_score)
     _sync(device)
     agent_ms = 1000 * (time.perf_counter() - t0) / len(images)
     windows = exhaustive_windows()

@@ -21,6 +21,7 @@ from cutbg_env import paths
 from cutbg_env.config import add_arguments, from_namespace, run_cli
 from cutbg_env.errors import CheckpointError
 from cutbg_env.geometry import iou
+from evaluate.rollout import observes_score
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,11 @@ def report(args: ReturnsArgs) -> None:
         raise CheckpointError(f"{zip_path} does not exist: `make train CLASS={args.class_name}`")
     model = DQN.load(zip_path)
     env = gym.make(
-        "CutBackground-v0", dataset=args.dataset, split=args.split, class_name=args.class_name
+        "CutBackground-v0",
+        dataset=args.dataset,
+        split=args.split,
+        class_name=args.class_name,
+        observe_score=observes_score(model),
     )
     n = len(env.unwrapped.world.positives)  # type: ignore[attr-defined]
     rng = np.random.default_rng(args.seed)

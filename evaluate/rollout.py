@@ -25,8 +25,11 @@ def rollout(
     max_steps: int = MAX_EPISODE_STEPS,
     chunk: int = 64,
     obs_dtype: str = "float32",
+    observe_score: bool = False,
 ) -> list[tuple[Localization, list]]:
     """Run one episode per image, ``chunk`` images per batched forward.
+
+    ``observe_score`` adds the env's ``"score"`` observation (needed by agents trained with it).
 
     Returns, per image, the localization (the episode's last valid crop, i.e. the last crop
     whose drop stayed ≤ δ, and its classifier calls) and the trail of crops (for figures).
@@ -35,12 +38,13 @@ def rollout(
     out: list[tuple[Localization, list]] = []
     for start in range(0, len(indices), chunk):
         eps: list[Episode] = [
-            new_episode(world, i, delta, eta, True) for i in indices[start : start + chunk]
+            new_episode(world, i, delta, eta, True, observe_score)
+            for i in indices[start : start + chunk]
         ]
         active = list(range(len(eps)))
         while active:
             obs = [eps[j].obs(dtype) for j in active]
-            batch = {k: np.stack([o[k] for o in obs]) for k in ("features", "history")}
+            batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
             actions = np.asarray(policy(batch)).reshape(-1)
             acts = [Action(int(a)) for a in actions]
             outcomes = step_episodes(world, [eps[j] for j in active], acts)
@@ -58,6 +62,12 @@ def random_policy(seed: int) -> Policy:
     """Uniform random actions over all 13 (cuts and stop)."""
     rng = np.random.default_rng(seed)
     return lambda obs: rng.integers(0, len(Action), size=len(obs["history"]))
+
+
+def observes_score(model) -> bool:
+    """Whether an SB3 model was trained with the env's ``"score"`` observation
+    (``observe_score=True``); its rollouts must then provide it."""
+    return "score" in getattr(model.observation_space, "spaces", {})
 
 
 def sb3_policy(model) -> Policy:

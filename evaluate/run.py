@@ -16,6 +16,7 @@ The confidence of every box is the full-image score ``p̄(c|x)`` (the paper's de
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,8 @@ from cutbg_env.io import atomic_path, write_json, write_text
 from cutbg_env.localize import exhaustive, exhaustive_windows, greedy_cut, heatmaps
 from evaluate.metrics import average_precision, corloc, plot_pr_curve, precision_recall
 from evaluate.refine import heatmap_box, refine
-from evaluate.rollout import random_policy, rollout, sb3_policy
+from evaluate.rollout import observes_score, random_policy, rollout, sb3_policy
+from train.agent import REFINEMENT_FILE
 from train.common import check_class, log, open_split, relpath, splits
 
 METHODS = (
@@ -80,6 +82,24 @@ def _agent_path(dataset: str, cls: str) -> Path:
     return paths.agent_dir(dataset, cls) / "agent.zip"
 
 
+def refinement_setting(dataset: str, cls: str, calib: dict) -> tuple[str, float]:
+    """Heat-map layer and threshold of a class: the agent's own choice
+    (``runs/<dataset>/<class>/refinement.json``, written after training) when there is one, else
+    the calibration's (chosen on greedy boxes), else ``("mid", 0.5)``."""
+    path = paths.agent_dir(dataset, cls) / REFINEMENT_FILE
+    if path.is_file():
+        try:
+            own = json.loads(path.read_text())
+            return str(own["heatmap_layer"]), float(own["heatmap_threshold"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"{path} is unreadable ({exc!r}): delete it or retrain with "
+                f"`make train CLASS={cls}`"
+            ) from exc
+    layer = calib.get("heatmap_layer", {}).get(cls, "mid")
+    return str(layer), float(calib.get("heatmap_threshold", {}).get(cls, 0.5))
+
+
 def _windows(n: int) -> np.ndarray:
     full = exhaustive_windows()
     if n >= len(full):
@@ -94,8 +114,7 @@ def evaluate_class(
     data = world.data
     calib = load_calibration(args.dataset)
     delta = resolve_delta(args.dataset, cls, None)
-    layer = calib.get("heatmap_layer", {}).get(cls, "mid")
-    thr = float(calib.get("heatmap_threshold", {}).get(cls, 0.5))
+    layer, thr = refinement_setting(args.dataset, cls, calib)
     agent_zip = _agent_path(args.dataset, cls)
     model = DQN.load(agent_zip, device=args.device)
     sizes = {i: (data.annotation(i).width, data.annotation(i).height) for i in indices}
@@ -120,7 +139,7 @@ def evaluate_class(
     record("heatmap", {i: heat(i, FULL_CROP) for i in indices}, 1.0, time.perf_counter() - t)
     for name, policy in (("random_agent", random_policy(args.seed)), ("agent", sb3_policy(model))):
         t = time.perf_counter()
-        out = rollout(world, indices, policy, delta)
+        out = rollout(world, indices, policy, delta, observe_score=observes_score(model))
         secs = time.perf_counter() - t
         record(
             name,

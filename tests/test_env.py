@@ -754,3 +754,37 @@ def test_default_delta_warns(world: CutWorld, env_kwargs: dict) -> None:
     with pytest.warns(UserWarning, match="no calibrated delta"):
         env = shared_env(world, env_kwargs, delta=None)
     assert env.delta == 0.1
+
+
+def test_observe_score_adds_the_score_and_drop(world: CutWorld, env_kwargs: dict) -> None:
+    env = shared_env(world, env_kwargs, observe_score=True)
+    space = env.observation_space["score"]
+    assert space.shape == (2,) and space.dtype == np.float32
+    np.testing.assert_array_equal(space.low, [0.0, -1.0])
+    np.testing.assert_array_equal(space.high, [1.0, 1.0])
+    obs, info = env.reset(seed=3)
+    assert obs in env.observation_space
+    np.testing.assert_allclose(obs["score"], [info["p_full"], 0.0], rtol=1e-6)
+    for a in SMALL_CUTS[:6]:
+        obs, _, terminated, _, info = env.step(a)
+        assert obs in env.observation_space
+        np.testing.assert_allclose(
+            obs["score"], [info["p_crop"], info["drop"]], rtol=1e-5, atol=1e-7
+        )
+        if terminated:
+            break
+    # the paper's state has no score; the features and history are the same either way
+    plain = shared_env(world, env_kwargs)
+    assert "score" not in plain.observation_space.spaces
+    obs_plain, _ = plain.reset(seed=3)
+    obs_score, _ = env.reset(seed=3)
+    np.testing.assert_array_equal(obs_plain["features"], obs_score["features"])
+
+
+def test_observe_score_passes_the_checkers(env_id: str, env_kwargs: dict, world: CutWorld) -> None:
+    env = gym.make(env_id, world=world, observe_score=True, **env_kwargs)
+    gym_check_env(env.unwrapped)
+    sb3_check_env(env, warn=False)
+    assert json.loads(gym.make(env_id, observe_score=True, **env_kwargs).spec.to_json())["kwargs"][
+        "observe_score"
+    ]

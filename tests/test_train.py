@@ -12,7 +12,16 @@ from stable_baselines3 import DQN
 
 from cutbg_env.errors import CheckpointError, DataError
 from train.__main__ import main as train_main
-from train.agent import AgentArgs, EpochClock, EpsilonSchedule, LrSchedule, fit_agent, make_vec_env
+from train.agent import (
+    REFINEMENT_FILE,
+    AgentArgs,
+    DoubleDQN,
+    EpochClock,
+    EpsilonSchedule,
+    LrSchedule,
+    fit_agent,
+    make_vec_env,
+)
 from train.calibrate import best_setting, delta_from_drops, validation_subset
 
 
@@ -145,3 +154,81 @@ def test_voc_defaults_are_the_papers() -> None:
 
 def test_data_error_is_a_value_error() -> None:
     assert issubclass(DataError, ValueError)
+
+
+def test_double_dqn_target(tiny_pipeline: dict) -> None:
+    """One gradient step's loss is the Huber loss to r + γ(1−done)·Q_target(s', argmax Q(s'))."""
+    from types import SimpleNamespace
+
+    import torch
+    from stable_baselines3.common.logger import configure
+
+    venv = make_vec_env(tiny_pipeline["args"], "trainval")
+    model = DoubleDQN.load(tiny_pipeline["agent"], env=venv)
+    assert isinstance(model, DoubleDQN) and "score" in model.observation_space.spaces
+    model.set_logger(configure(None, []))
+    with torch.no_grad():  # make the target net disagree with the online one
+        for p in model.q_net_target.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    venv.seed(1)
+    obs = venv.reset()
+    actions = np.array([0, 12])
+    nxt, rewards, dones, _ = venv.step(actions)
+    as_t = lambda o: {k: torch.as_tensor(v, dtype=torch.float32) for k, v in o.items()}  # noqa: E731
+    batch = SimpleNamespace(
+        observations=as_t(obs),
+        next_observations=as_t(nxt),
+        actions=torch.as_tensor(actions).reshape(-1, 1),
+        rewards=torch.as_tensor(rewards).reshape(-1, 1),
+        dones=torch.as_tensor(dones, dtype=torch.float32).reshape(-1, 1),
+        discounts=None,
+    )
+    model.replay_buffer = SimpleNamespace(sample=lambda *a, **k: batch)  # type: ignore[assignment]
+    with torch.no_grad():
+        online_next = model.q_net(batch.next_observations)
+        target_next = model.q_net_target(batch.next_observations)
+        current = model.q_net(batch.observations).gather(1, batch.actions)
+        best = online_next.argmax(1, keepdim=True)
+        y = batch.rewards + (1 - batch.dones) * model.gamma * target_next.gather(1, best)
+        y_plain = batch.rewards + (1 - batch.dones) * model.gamma * target_next.max(1, True)[0]
+        expected = torch.nn.functional.smooth_l1_loss(current, y).item()
+        plain = torch.nn.functional.smooth_l1_loss(current, y_plain).item()
+    assert bool(dones[1]) and not bool(dones[0])  # STOP ends, so one target has no bootstrap
+    model.train(gradient_steps=1, batch_size=2)
+    loss = model.logger.name_to_value["train/loss"]
+    assert loss == pytest.approx(expected, rel=1e-5)
+    if not torch.equal(best, target_next.argmax(1, keepdim=True)):
+        assert loss != pytest.approx(plain, rel=1e-5)
+
+
+def test_agent_chooses_its_refinement(tiny_pipeline: dict) -> None:
+    from evaluate.run import refinement_setting
+
+    path = tiny_pipeline["agent"].parent / REFINEMENT_FILE
+    own = json.loads(path.read_text())
+    assert own["heatmap_layer"] in ("mid", "senior")
+    assert 0.0 < own["heatmap_threshold"] < 1.0
+    assert own["validation"]["images"] >= 1
+    assert 0.0 <= own["validation"]["agent_refined_corloc"] <= 100.0
+    calib = {"heatmap_layer": {"dog": "senior"}, "heatmap_threshold": {"dog": 0.9}}
+    assert refinement_setting("animals", "dog", calib) == (
+        own["heatmap_layer"],
+        own["heatmap_threshold"],
+    )
+    # without the agent's file, the calibration's choice, then the default
+    assert refinement_setting("animals", "cat", calib) == ("mid", 0.5)
+    calib["heatmap_layer"]["cat"], calib["heatmap_threshold"]["cat"] = "senior", 0.3
+    assert refinement_setting("animals", "cat", calib) == ("senior", 0.3)
+
+
+def test_corrupt_refinement_file_names_it(tiny_pipeline: dict, tmp_path: Path) -> None:
+    from evaluate.run import refinement_setting
+
+    path = tiny_pipeline["agent"].parent / REFINEMENT_FILE
+    saved = path.read_text()
+    try:
+        path.write_text("{not json")
+        with pytest.raises(CheckpointError, match=r"refinement\.json is unreadable.*make train"):
+            refinement_setting("animals", "dog", {})
+    finally:
+        path.write_text(saved)

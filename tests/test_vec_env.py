@@ -154,3 +154,24 @@ def test_bad_input(venv: BatchedCutBackgroundVecEnv, env_kwargs: dict) -> None:
     with pytest.raises(ValueError, match="invalid action"):
         fresh.step(np.array([0, 13]))
     fresh.close()
+
+
+def test_observe_score_matches_single_envs(env_kwargs: dict) -> None:
+    venv = BatchedCutBackgroundVecEnv(n_envs=2, observe_score=True, **env_kwargs)
+    singles = [
+        gym.make("CutBackground-v0", world=venv.world, observe_score=True, **env_kwargs)
+        for _ in range(2)
+    ]
+    assert venv.observation_space["score"].shape == (2,)
+    venv.seed(SEED)
+    obs = venv.reset()
+    single = [env.reset(seed=SEED + i)[0] for i, env in enumerate(singles)]
+    for t, actions in enumerate(seeded_actions(20)[:, :2]):
+        for i in range(2):
+            np.testing.assert_allclose(obs["score"][i], single[i]["score"], atol=1e-6, err_msg=t)
+        obs, _, dones, _ = venv.step(actions)
+        for i, env in enumerate(singles):
+            single[i], _, term, trunc, _ = env.step(int(actions[i]))
+            if dones[i]:
+                assert term or trunc
+                single[i], _ = env.reset()

@@ -1,8 +1,14 @@
 """Stage 3: the SB3 DQN agent of one class (paper §2.2, §3.1).
 
-Policy: two trainable 3×3 convolutional adaptation layers over the frozen classifier's senior
-feature map, concatenated with the one-hot action history, then an MLP Q head with 13 outputs.
+Policy: two trainable convolutional adaptation layers (1×1 then 3×3 by default) over the frozen
+classifier's senior feature map, concatenated with the one-hot action history and (by default) the
+env's ``score`` observation, then an MLP Q head with 13 outputs, trained with Double-DQN targets.
 The backbone lives in the env (one shared copy) and never enters the policy or the replay buffer.
+
+Two departures from the paper, both switchable (``--no-observe-score``, ``--no-double-q``): the
+state also holds ``p̂`` and the drop ``p̄ − p̂`` (the reward is a threshold on that drop, which the
+paper's state leaves the agent to infer from features), and the TD target is Double DQN's (plain
+DQN's over-estimated value of cutting on kept beating the exact ``+η`` of stopping). See README.
 
 Schedules follow the paper in *epochs* (one epoch = one pass over the class's trainval images
 that contain it): RMSprop, learning rate decaying from ``lr_start`` to ``lr_end`` over the first
@@ -55,9 +61,9 @@ class AgentArgs:
     out: str | None = None
     """Run folder (default: runs/<dataset>/<class>)."""
     epochs: int | None = None
-    """Passes over the class's trainval images (default: 50 on VOC as the paper, 14 here)."""
+    """Passes over the class's trainval images (default: 50 on VOC as the paper, 30 here)."""
     decay_epochs: int | None = None
-    """Epochs over which lr and ε decay (default: 10 on VOC as the paper, 5 here)."""
+    """Epochs over which lr and ε decay (default: 10 on VOC as the paper, 8 here)."""
     lr_start: float | None = None
     """Initial RMSprop learning rate (default: 1e-5 on VOC, 1e-3 here)."""
     lr_end: float | None = None
@@ -66,22 +72,24 @@ class AgentArgs:
     """Final ε of the ε-greedy exploration (from 1.0, in steps of 0.1)."""
     gamma: float = 0.95
     """Discount factor."""
-    n_envs: int = 8
+    n_envs: int = 16
     """Episodes stepped together in one batched forward."""
     buffer_size: int | None = None
     """Replay transitions (default: 30,000 on VOC, 100,000 here; see README for bytes)."""
-    batch_size: int = 64
+    batch_size: int = 256
     """Replay minibatch."""
     train_freq: int = 1
     """Vec-env steps (each ``n_envs`` transitions) between training rounds."""
-    gradient_steps: int = 2
-    """Gradient steps per training round (2 per 8 transitions at the defaults)."""
+    gradient_steps: int = 1
+    """Gradient steps per training round (1 per 16 transitions at the defaults)."""
     learning_starts: int = 1000
     """Transitions collected before learning."""
     target_update: int = 1000
     """Transitions between target-network copies."""
     adapt_channels: int = 32
     """Channels of the two adaptation convolutions (128 on VOC)."""
+    adapt_kernel: int = 1
+    """Kernel of the first adaptation convolution (the second is 3×3); 1 is 9× cheaper than 3."""
     hidden: int = 256
     """Width of the Q head's hidden layer."""
     delta: float | None = None
@@ -90,8 +98,12 @@ class AgentArgs:
     """Reward magnitude η of the stop action."""
     obs_dtype: str = "float16"
     """Observation storage dtype (float16 halves the replay buffer)."""
+    observe_score: bool = True
+    """Add the env's ``score`` observation (p̂ and the drop p̄ − p̂); False = the paper's state."""
     max_images: int | None = None
     """Train on the first N images of the class only (quick experiments, tests)."""
+    double_q: bool = True
+    """Double-DQN targets (False = SB3's plain DQN, as the paper)."""
     resume: bool = False
     """Continue from the last epoch checkpoint in the run folder."""
     save_replay_buffer: bool = False
@@ -108,11 +120,11 @@ class AgentArgs:
     def resolved(self) -> AgentArgs:
         """Fill the dataset-dependent defaults (paper's values on VOC)."""
         voc = self.dataset in VOC_DATASETS
-        epochs = self.epochs or (50 if voc else 14)
+        epochs = self.epochs or (50 if voc else 30)
         return dataclasses.replace(
             self,
             epochs=epochs,
-            decay_epochs=self.decay_epochs or (10 if voc else min(5, epochs)),
+            decay_epochs=self.decay_epochs or (10 if voc else min(8, epochs)),
             lr_start=self.lr_start or (1e-5 if voc else 1e-3),
             lr_end=self.lr_end or (1e-6 if voc else 1e-4),
             buffer_size=self.buffer_size or (30_000 if voc else 100_000),
@@ -124,14 +136,17 @@ class AgentArgs:
 
 
 class CutFeatures(BaseFeaturesExtractor):
-    """Two 3×3 adaptation convs (ReLU) over the senior map, flattened, + the action history."""
+    """Two adaptation convs (``kernel``×``kernel`` then 3×3, ReLU) over the senior map, flattened,
+    + the action history (+ the ``score`` observation when the space has it)."""
 
-    def __init__(self, observation_space: spaces.Dict, channels: int = 32) -> None:
+    def __init__(self, observation_space: spaces.Dict, channels: int = 32, kernel: int = 3) -> None:
         c, h, w = observation_space["features"].shape
         hist = int(np.prod(observation_space["history"].shape))
-        super().__init__(observation_space, features_dim=channels * h * w + hist)
+        self.with_score = "score" in observation_space.spaces
+        extra = int(np.prod(observation_space["score"].shape)) if self.with_score else 0
+        super().__init__(observation_space, features_dim=channels * h * w + hist + extra)
         self.adapt = nn.Sequential(
-            nn.Conv2d(c, channels, 3, padding=1),
+            nn.Conv2d(c, channels, kernel, padding=kernel // 2),
             nn.ReLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.ReLU(),
@@ -139,9 +154,43 @@ class CutFeatures(BaseFeaturesExtractor):
         )
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat(
-            [self.adapt(obs["features"].float()), obs["history"].float().flatten(1)], 1
-        )
+        parts = [self.adapt(obs["features"].float()), obs["history"].float().flatten(1)]
+        if self.with_score:
+            parts.append(obs["score"].float())
+        return torch.cat(parts, 1)
+
+
+class DoubleDQN(DQN):
+    """SB3's DQN with the Double-DQN target (van Hasselt et al., 2016).
+
+    The online network picks the next action and the target network values it:
+    ``y = r + γ (1 − done) Q_target(s', argmax_a Q(s', a))``. With plain DQN's
+    ``max_a Q_target(s', a)`` the over-estimated value of continuing to cut beats the exact,
+    terminal ``+η`` of stopping, and the agent cuts until the score drops.
+    Everything else (replay, Huber loss, gradient clipping, target copies) is SB3's.
+    """
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        losses = []
+        for _ in range(gradient_steps):
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            discounts = data.discounts if data.discounts is not None else self.gamma
+            with torch.no_grad():
+                next_actions = self.q_net(data.next_observations).argmax(dim=1, keepdim=True)
+                next_q = self.q_net_target(data.next_observations).gather(1, next_actions)
+                target = data.rewards + (1 - data.dones) * discounts * next_q
+            current = self.q_net(data.observations).gather(1, data.actions.long())
+            loss = nn.functional.smooth_l1_loss(current, target)
+            losses.append(loss.item())
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+        self._n_updates += gradient_steps
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/loss", float(np.mean(losses)))
 
 
 class EpochClock:
@@ -253,7 +302,47 @@ def make_vec_env(args: AgentArgs, split: str, model: Any = None) -> BatchedCutBa
         delta=resolve_delta(args.dataset, args.class_name, args.delta),
         eta=args.eta,
         obs_dtype=args.obs_dtype,
+        observe_score=args.observe_score,
     )
+
+
+REFINEMENT_FILE = "refinement.json"
+"""Per-agent heat-map layer and threshold, chosen on the agent's own validation boxes."""
+
+
+def choose_refinement(model: DQN, world: CutWorld, delta: float, path: Path) -> dict | None:
+    """Choose the refinement's heat-map layer and threshold on the agent's own boxes.
+
+    The calibration stage chooses them on greedy-cut boxes, before any agent exists; an agent's
+    boxes are looser than those, and the refinement is there to tighten them. So, after training,
+    the agent runs on the same validation subset (the only images whose boxes training may use)
+    and the layer/threshold with the best refined CorLoc is written to ``path``, which
+    evaluation prefers over the calibration file. Returns the written dict (``None`` when no
+    validation image contains the class).
+    """
+    from evaluate.rollout import observes_score, rollout, sb3_policy
+    from train.calibrate import best_setting, refinement_scores, validation_images
+
+    images = validation_images(world)
+    if not images:
+        log(f"refinement: no validation image of {world.class_name}; keeping calibration.json's")
+        return None
+    out = rollout(world, images, sb3_policy(model), delta, observe_score=observes_score(model))
+    crops = {i: loc.crop for i, (loc, _) in zip(images, out, strict=True)}
+    scores = refinement_scores(world, crops)
+    _, layer, thr = best_setting({(delta, lay, t): v for (lay, t), v in scores.items()})
+    result = {
+        "heatmap_layer": layer,
+        "heatmap_threshold": thr,
+        "validation": {"images": len(images), "agent_refined_corloc": 100 * scores[(layer, thr)]},
+        "rule": "best refined CorLoc of the agent's boxes on the calibration's validation subset",
+    }
+    write_json(path, result)
+    log(
+        f"refinement: heat-map {layer}@{thr:.1f} (agent refined CorLoc {100 * scores[(layer, thr)]:.0f}"
+        f" on {len(images)} validation images) -> {relpath(path)}"
+    )
+    return result
 
 
 def train_agent(args: AgentArgs) -> Path:
@@ -286,15 +375,16 @@ def fit_agent(args: AgentArgs) -> tuple[DQN, Path]:
     clock = EpochClock(len(venv.world.positives), resume[1]["episodes"] if resume else 0)
     delta = venv.delta
     tb = str(run_dir / "tb")
+    algo = DoubleDQN if args.double_q else DQN
     if resume:
-        model = DQN.load(resume[0], env=env, device=args.device, tensorboard_log=tb)
+        model = algo.load(resume[0], env=env, device=args.device, tensorboard_log=tb)
         if args.save_replay_buffer and (run_dir / "checkpoints" / "replay_buffer.pkl").is_file():
             model.load_replay_buffer(run_dir / "checkpoints" / "replay_buffer.pkl")
         log(
             f"resuming {relpath(resume[0])} at epoch {resume[1]['epoch']}, {model.num_timesteps} steps"
         )
     else:
-        model = DQN(
+        model = algo(
             "MultiInputPolicy",
             env,
             learning_rate=args.lr_start,
@@ -309,7 +399,10 @@ def fit_agent(args: AgentArgs) -> tuple[DQN, Path]:
             exploration_final_eps=args.eps_end,
             policy_kwargs={
                 "features_extractor_class": CutFeatures,
-                "features_extractor_kwargs": {"channels": args.adapt_channels},
+                "features_extractor_kwargs": {
+                    "channels": args.adapt_channels,
+                    "kernel": args.adapt_kernel,
+                },
                 "net_arch": [args.hidden],
                 "optimizer_class": torch.optim.RMSprop,
                 "normalize_images": False,
@@ -343,6 +436,7 @@ def fit_agent(args: AgentArgs) -> tuple[DQN, Path]:
     with atomic_path(final, suffix=".zip") as tmp:
         model.save(tmp)
     seconds = time.monotonic() - t0
+    choose_refinement(model, venv.world, delta, run_dir / REFINEMENT_FILE)
     config.update(timesteps=model.num_timesteps, epochs=clock.epoch, seconds=round(seconds, 1))
     write_json(run_dir / "config.json", config)
     log(

@@ -24,7 +24,7 @@ import numpy as np
 from cutbg_env import paths
 from cutbg_env.backbone import load_classifier
 from cutbg_env.core import CutWorld
-from cutbg_env.geometry import FULL_CROP, box_to_crop, crop_to_box, iou
+from cutbg_env.geometry import FULL_CROP, Crop, box_to_crop, crop_to_box, iou
 from cutbg_env.io import write_json
 from cutbg_env.localize import HEATMAP_LAYERS, greedy_cut, heatmaps
 from evaluate.refine import heatmap_box, refine
@@ -84,6 +84,31 @@ def _hit(gts: list, box: tuple[int, int, int, int]) -> bool:
     return max(iou(box, g) for g in gts) >= 0.5
 
 
+def refinement_scores(world: CutWorld, crops: dict[int, Crop]) -> dict[tuple[str, float], float]:
+    """Refined CorLoc (fraction) of the boxes of ``crops`` (image index → grid crop) for every
+    heat-map layer and threshold in :data:`THRESHOLDS`."""
+    data, cls = world.data, world.class_name
+    gt = {i: [b for b, d in data.gt_boxes(i, cls) if not d] for i in crops}
+    size = {i: (data.annotation(i).width, data.annotation(i).height) for i in crops}
+    boxes = {i: crop_to_box(c, *size[i]) for i, c in crops.items()}
+    scores: dict[tuple[str, float], float] = {}
+    for layer in HEATMAP_LAYERS:
+        maps = {i: heatmaps(world, i, np.asarray([c]), layer)[0] for i, c in crops.items()}
+        for t in THRESHOLDS:
+            hits = [
+                _hit(gt[i], refine(boxes[i], heatmap_box(maps[i], float(t), size[i])))
+                for i in crops
+            ]
+            scores[(layer, float(t))] = float(np.mean(hits))
+    return scores
+
+
+def validation_images(world: CutWorld, fraction: float = 0.05, seed: int = 0) -> list[int]:
+    """The images of the validation subset that contain the world's class."""
+    positives = set(world.positives)
+    return [i for i in validation_subset(len(world.data), fraction, seed) if i in positives]
+
+
 def best_setting(
     scores: dict[tuple[float, str, float], float],
 ) -> tuple[float, str, float]:
@@ -104,7 +129,6 @@ def calibrate(args: CalibrateArgs) -> dict:
         check_class(data, c, args.dataset)
     ckpt = args.checkpoint or str(paths.classifier_path(args.dataset))
     model, _ = load_classifier(ckpt, args.device)
-    subset = validation_subset(len(data), args.fraction, args.seed)
     calib = load_calibration(args.dataset) or {}
     calib.setdefault("delta", {})
     calib.setdefault("heatmap_layer", {})
@@ -114,7 +138,7 @@ def calibrate(args: CalibrateArgs) -> dict:
         world = CutWorld(
             args.dataset, train_split, c, root=args.root, device=args.device, model=model, data=data
         )
-        images = [i for i in subset if i in set(world.positives)]
+        images = validation_images(world, args.fraction, args.seed)
         if not images:
             log(f"calibrate {c}: no validation image contains it; keeping defaults")
             continue
@@ -134,17 +158,11 @@ def calibrate(args: CalibrateArgs) -> dict:
         for delta in candidates:
             greedy = greedy_cut(world, images, delta)
             crops = {i: g.crop for i, g in zip(images, greedy, strict=True)}
-            boxes = {i: crop_to_box(crops[i], *size[i]) for i in images}
-            greedy_hits[delta] = float(np.mean([_hit(gt[i], boxes[i]) for i in images]))
-            for layer in HEATMAP_LAYERS:
-                maps = {i: heatmaps(world, i, np.asarray([crops[i]]), layer)[0] for i in images}
-                for t in THRESHOLDS:
-                    refined = [
-                        refine(boxes[i], heatmap_box(maps[i], float(t), size[i])) for i in images
-                    ]
-                    scores[(delta, layer, float(t))] = float(
-                        np.mean([_hit(gt[i], b) for i, b in zip(images, refined, strict=True)])
-                    )
+            greedy_hits[delta] = float(
+                np.mean([_hit(gt[i], crop_to_box(crops[i], *size[i])) for i in images])
+            )
+            for (layer, t), v in refinement_scores(world, crops).items():
+                scores[(delta, layer, t)] = v
         delta, layer, thr = best_setting(scores)
         calib["delta"][c] = delta
         calib["heatmap_layer"][c] = layer
