@@ -61,6 +61,10 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     * ``"history"``: ``Box(0, 1, (4, 13), float32)``: one-hot rows of the last 4 actions, the most
       recent first; zeros before the first action.
 
+    * ``"score"`` (only with ``observe_score=True``): ``Box([0, -1], [1, 1], (2,))``: ``p̂`` and
+      the drop ``p̄ − p̂`` of the current crop (see Rewards), from the same forward as the
+      features. Not in the paper's state; the trainer adds it by default.
+
     Bytes per observation (float32): ``4·(C·49 + 52)`` = 12,752 for ``C`` = 64 and 100,560 for
     ``C`` = 512; ``obs_dtype="float16"`` halves that (a replay buffer stores two per transition).
 
@@ -105,6 +109,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     * ``eta``: η, the absolute reward of the stop action.
     * ``terminate_on_drop``: end the episode on a cut whose drop exceeds δ.
     * ``obs_dtype``: ``"float32"`` (default) or ``"float16"`` for the features and history.
+    * ``observe_score``: add the ``"score"`` observation (default ``False``: the paper's state).
     * ``render_mode``: ``"rgb_array"`` draws the image with each cut (green), the current crop
       (blue) and the class's ground-truth boxes (red), like the paper's Fig. 3.
 

@@ -1,9 +1,9 @@
 """Heat-map refinement of the agent's box (paper §2.3).
 
 The heat-map is the sum over channels of the feature maps (:func:`channel_sum`). It is
-min–max normalised, binarised at a fraction of its peak, and the rectangle around the connected
-region holding the peak (:func:`heatmap_box`) is intersected with the agent's box
-(:func:`refine`). All boxes are VOC boxes ``(xmin, ymin, xmax, ymax)``, 1-based inclusive
+min–max normalised, binarised at a fraction of its peak, and the rectangle around one connected
+region (:func:`heatmap_box`: the region holding the peak, or the one with the largest summed
+response) is intersected with the agent's box (:func:`refine`). All boxes are VOC boxes ``(xmin, ymin, xmax, ymax)``, 1-based inclusive
 (:mod:`cutbg_env.geometry`).
 """
 
@@ -47,6 +47,12 @@ def channel_sum(features: np.ndarray | torch.Tensor) -> np.ndarray:
     return array.sum(axis=0)
 
 
+HEATMAP_REGIONS = ("peak", "mass")
+"""Which connected region of the binarised heat-map is boxed: ``"peak"``, the one holding the
+maximum (the paper's "maximal response region"), or ``"mass"``, the one with the largest sum of
+normalised response (a large object beats a small, brighter fragment of clutter)."""
+
+
 def _full_box(width: int, height: int) -> Box:
     return (1, 1, width, height)
 
@@ -57,12 +63,13 @@ def heatmap_box(
     image_size: tuple[int, int] | None = None,
     *,
     upsample: bool = False,
+    region: str = "peak",
 ) -> Box:
     """Rectangle around the maximal-response region of a heat-map.
 
     Steps: normalise ``n = (heatmap - min) / (max - min)`` (so the peak is 1, the floor 0);
-    binarise ``n >= threshold``; take the 8-connected region holding the peak (the first
-    maximal cell in row-major order if several tie); return its bounding rectangle.
+    binarise ``n >= threshold``; take one 8-connected region of it (``region``); return its
+    bounding rectangle.
 
     Args:
         heatmap: ``(h, w)`` finite float map (numpy or torch).
@@ -72,6 +79,9 @@ def heatmap_box(
         upsample: only with ``image_size``: resize the raw map bilinearly to the image first
             (``cv2.resize``), then threshold at pixel resolution. Default ``False``: threshold the
             cells themselves, then scale the cell rectangle.
+        region: ``"peak"`` (default): the region holding the peak (the first maximal cell in
+            row-major order if several tie); ``"mass"``: the region with the largest sum of ``n``
+            (ties: the region whose first cell comes first in row-major order).
 
     Returns:
         A VOC box. With ``image_size=None``: in the map's own cell coordinates, cell
@@ -82,8 +92,11 @@ def heatmap_box(
         whole map (hence the whole image).
 
     Raises:
-        HeatmapError: not 2-D, empty, holds NaN or inf, bad ``threshold`` or ``image_size``.
+        HeatmapError: not 2-D, empty, holds NaN or inf, bad ``threshold``, ``image_size`` or
+            ``region``.
     """
+    if region not in HEATMAP_REGIONS:
+        raise HeatmapError(f"region must be one of {HEATMAP_REGIONS}; got {region!r}")
     hmap = _to_numpy(heatmap)
     if hmap.ndim != 2 or hmap.size == 0:
         raise HeatmapError(f"heat-map must be a non-empty 2-D (h, w) array; got {hmap.shape}")
@@ -110,10 +123,14 @@ def heatmap_box(
     if hi == lo:
         box = _full_box(cols, rows)
     else:
-        mask = ((hmap - lo) / (hi - lo) >= threshold).astype(np.uint8)
-        seed = np.unravel_index(int(np.argmax(hmap)), hmap.shape)  # first max, row-major
+        norm = (hmap - lo) / (hi - lo)
+        mask = (norm >= threshold).astype(np.uint8)
         _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        left, top, w, h = (int(v) for v in stats[labels[seed], :4])
+        if region == "peak":
+            label = labels[np.unravel_index(int(np.argmax(hmap)), hmap.shape)]  # first max
+        else:  # labels are numbered in row-major order of first cell; 0 is the background
+            label = 1 + int(np.argmax(np.bincount(labels.ravel(), weights=norm.ravel())[1:]))
+        left, top, w, h = (int(v) for v in stats[label, :4])
         box = (left + 1, top + 1, left + w, top + h)
     if image_size is None:
         return box

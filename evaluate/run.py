@@ -82,22 +82,29 @@ def _agent_path(dataset: str, cls: str) -> Path:
     return paths.agent_dir(dataset, cls) / "agent.zip"
 
 
-def refinement_setting(dataset: str, cls: str, calib: dict) -> tuple[str, float]:
-    """Heat-map layer and threshold of a class: the agent's own choice
+def refinement_setting(dataset: str, cls: str, calib: dict) -> tuple[str, str, float]:
+    """Heat-map ``(layer, region, threshold)`` of a class: the agent's own choice
     (``runs/<dataset>/<class>/refinement.json``, written after training) when there is one, else
-    the calibration's (chosen on greedy boxes), else ``("mid", 0.5)``."""
+    the calibration's (chosen on greedy boxes), else ``("mid", "peak", 0.5)``."""
     path = paths.agent_dir(dataset, cls) / REFINEMENT_FILE
     if path.is_file():
         try:
             own = json.loads(path.read_text())
-            return str(own["heatmap_layer"]), float(own["heatmap_threshold"])
+            return (
+                str(own["heatmap_layer"]),
+                str(own.get("heatmap_region", "peak")),
+                float(own["heatmap_threshold"]),
+            )
         except (OSError, ValueError, KeyError) as exc:
             raise CheckpointError(
                 f"{path} is unreadable ({exc!r}): delete it or retrain with "
                 f"`make train CLASS={cls}`"
             ) from exc
-    layer = calib.get("heatmap_layer", {}).get(cls, "mid")
-    return str(layer), float(calib.get("heatmap_threshold", {}).get(cls, 0.5))
+    return (
+        str(calib.get("heatmap_layer", {}).get(cls, "mid")),
+        str(calib.get("heatmap_region", {}).get(cls, "peak")),
+        float(calib.get("heatmap_threshold", {}).get(cls, 0.5)),
+    )
 
 
 def _windows(n: int) -> np.ndarray:
@@ -114,7 +121,7 @@ def evaluate_class(
     data = world.data
     calib = load_calibration(args.dataset)
     delta = resolve_delta(args.dataset, cls, None)
-    layer, thr = refinement_setting(args.dataset, cls, calib)
+    layer, region, thr = refinement_setting(args.dataset, cls, calib)
     agent_zip = _agent_path(args.dataset, cls)
     model = DQN.load(agent_zip, device=args.device)
     sizes = {i: (data.annotation(i).width, data.annotation(i).height) for i in indices}
@@ -126,7 +133,8 @@ def evaluate_class(
         return crop_to_box(crop, *sizes[i])
 
     def heat(i: int, crop: tuple) -> tuple:
-        return heatmap_box(heatmaps(world, i, np.asarray([crop]), layer)[0], thr, sizes[i])
+        hmap = heatmaps(world, i, np.asarray([crop]), layer)[0]
+        return heatmap_box(hmap, thr, sizes[i], region=region)
 
     res: dict[str, dict] = {}
 

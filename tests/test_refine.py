@@ -64,6 +64,39 @@ def test_peak_in_smaller_blob_wins() -> None:
     assert heatmap_box(hmap, 0.5) == (1, 1, 5, 3)
 
 
+def test_mass_region_takes_the_largest_summed_response() -> None:
+    # Peak 9 alone on the right; the 3×3 block of 8s holds far more response.
+    hmap = np.array(
+        [
+            [8, 8, 8, 0, 0],
+            [8, 8, 8, 0, 0],
+            [8, 8, 8, 0, 9],
+            [0, 0, 0, 0, 0],
+        ],
+        dtype=np.float64,
+    )
+    assert heatmap_box(hmap, 0.5, region="peak") == (5, 3, 5, 3)
+    assert heatmap_box(hmap, 0.5, region="mass") == (1, 1, 3, 3)
+    assert heatmap_box(hmap, 0.5, image_size=(100, 80), region="mass") == (1, 1, 60, 60)
+    # Sums, not areas: two cells at 1.0 (sum 2) beat three at 0.6 (sum 1.8).
+    two = np.array([[10, 10, 0, 6, 6, 6]], dtype=np.float64)
+    assert heatmap_box(two, 0.5, region="mass") == (1, 1, 2, 1)
+    two[0, 5] = 7.0  # now 0.6 + 0.6 + 0.7 = 1.9 < 2 still
+    assert heatmap_box(two, 0.5, region="mass") == (1, 1, 2, 1)
+    two[0, 3] = 9.0  # 0.9 + 0.6 + 0.7 = 2.2 > 2
+    assert heatmap_box(two, 0.5, region="mass") == (4, 1, 6, 1)
+    # Equal sums: the region met first in row-major order.
+    tie = np.array([[5, 0, 5]], dtype=np.float64)
+    assert heatmap_box(tie, 0.5, region="mass") == (1, 1, 1, 1)
+    # A constant map has no region: the whole map, whatever the rule.
+    assert heatmap_box(np.full((4, 5), 2.0), 0.5, region="mass") == (1, 1, 5, 4)
+
+
+def test_unknown_region_is_rejected() -> None:
+    with pytest.raises(HeatmapError, match=r"region must be one of \('peak', 'mass'\); got 'max'"):
+        heatmap_box(MAP45, 0.5, region="max")
+
+
 def test_eight_connectivity() -> None:
     hmap = np.zeros((4, 5))
     hmap[0, 0], hmap[1, 1], hmap[3, 3] = 9.0, 7.0, 7.0

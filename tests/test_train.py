@@ -89,12 +89,18 @@ def test_calibration_rule_on_hand_made_drops() -> None:
 
 
 def test_best_setting_prefers_score_then_smaller_delta_then_lower_threshold() -> None:
-    scores = {(0.1, "mid", 0.3): 0.5, (0.1, "mid", 0.2): 0.5, (0.05, "senior", 0.1): 0.4}
-    assert best_setting(scores) == (0.1, "mid", 0.2)
-    scores[(0.05, "mid", 0.4)] = 0.5
-    assert best_setting(scores) == (0.05, "mid", 0.4)
-    scores[(0.3, "senior", 0.1)] = 0.6
-    assert best_setting(scores) == (0.3, "senior", 0.1)
+    scores = {
+        (0.1, "mid", "peak", 0.3): 0.5,
+        (0.1, "mid", "peak", 0.2): 0.5,
+        (0.05, "senior", "peak", 0.1): 0.4,
+    }
+    assert best_setting(scores) == (0.1, "mid", "peak", 0.2)
+    scores[(0.05, "mid", "mass", 0.4)] = 0.5
+    assert best_setting(scores) == (0.05, "mid", "mass", 0.4)
+    scores[(0.05, "mid", "peak", 0.4)] = 0.5  # same score: the paper's peak region first
+    assert best_setting(scores) == (0.05, "mid", "peak", 0.4)
+    scores[(0.3, "senior", "mass", 0.1)] = 0.6
+    assert best_setting(scores) == (0.3, "senior", "mass", 0.1)
 
 
 def test_validation_subset_is_small_and_seeded() -> None:
@@ -207,18 +213,25 @@ def test_agent_chooses_its_refinement(tiny_pipeline: dict) -> None:
     path = tiny_pipeline["agent"].parent / REFINEMENT_FILE
     own = json.loads(path.read_text())
     assert own["heatmap_layer"] in ("mid", "senior")
+    assert own["heatmap_region"] in ("peak", "mass")
     assert 0.0 < own["heatmap_threshold"] < 1.0
     assert own["validation"]["images"] >= 1
     assert 0.0 <= own["validation"]["agent_refined_corloc"] <= 100.0
-    calib = {"heatmap_layer": {"dog": "senior"}, "heatmap_threshold": {"dog": 0.9}}
+    calib = {
+        "heatmap_layer": {"dog": "senior"},
+        "heatmap_region": {"dog": "mass"},
+        "heatmap_threshold": {"dog": 0.9},
+    }
     assert refinement_setting("animals", "dog", calib) == (
         own["heatmap_layer"],
+        own["heatmap_region"],
         own["heatmap_threshold"],
     )
     # without the agent's file, the calibration's choice, then the default
-    assert refinement_setting("animals", "cat", calib) == ("mid", 0.5)
+    assert refinement_setting("animals", "cat", calib) == ("mid", "peak", 0.5)
     calib["heatmap_layer"]["cat"], calib["heatmap_threshold"]["cat"] = "senior", 0.3
-    assert refinement_setting("animals", "cat", calib) == ("senior", 0.3)
+    calib["heatmap_region"]["cat"] = "mass"
+    assert refinement_setting("animals", "cat", calib) == ("senior", "mass", 0.3)
 
 
 def test_corrupt_refinement_file_names_it(tiny_pipeline: dict, tmp_path: Path) -> None:

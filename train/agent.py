@@ -311,7 +311,7 @@ REFINEMENT_FILE = "refinement.json"
 
 
 def choose_refinement(model: DQN, world: CutWorld, delta: float, path: Path) -> dict | None:
-    """Choose the refinement's heat-map layer and threshold on the agent's own boxes.
+    """Choose the refinement's heat-map layer, region rule and threshold on the agent's own boxes.
 
     The calibration stage chooses them on greedy-cut boxes, before any agent exists; an agent's
     boxes are looser than those, and the refinement is there to tighten them. So, after training,
@@ -330,17 +330,19 @@ def choose_refinement(model: DQN, world: CutWorld, delta: float, path: Path) -> 
     out = rollout(world, images, sb3_policy(model), delta, observe_score=observes_score(model))
     crops = {i: loc.crop for i, (loc, _) in zip(images, out, strict=True)}
     scores = refinement_scores(world, crops)
-    _, layer, thr = best_setting({(delta, lay, t): v for (lay, t), v in scores.items()})
+    _, layer, region, thr = best_setting({(delta, *k): v for k, v in scores.items()})
+    best = 100 * scores[(layer, region, thr)]
     result = {
         "heatmap_layer": layer,
+        "heatmap_region": region,
         "heatmap_threshold": thr,
-        "validation": {"images": len(images), "agent_refined_corloc": 100 * scores[(layer, thr)]},
+        "validation": {"images": len(images), "agent_refined_corloc": best},
         "rule": "best refined CorLoc of the agent's boxes on the calibration's validation subset",
     }
     write_json(path, result)
     log(
-        f"refinement: heat-map {layer}@{thr:.1f} (agent refined CorLoc {100 * scores[(layer, thr)]:.0f}"
-        f" on {len(images)} validation images) -> {relpath(path)}"
+        f"refinement: heat-map {layer}/{region}@{thr:.1f} (agent refined CorLoc {best:.0f} on "
+        f"{len(images)} validation images) -> {relpath(path)}"
     )
     return result
 

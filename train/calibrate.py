@@ -27,7 +27,7 @@ from cutbg_env.core import CutWorld
 from cutbg_env.geometry import FULL_CROP, Crop, box_to_crop, crop_to_box, iou
 from cutbg_env.io import write_json
 from cutbg_env.localize import HEATMAP_LAYERS, greedy_cut, heatmaps
-from evaluate.refine import heatmap_box, refine
+from evaluate.refine import HEATMAP_REGIONS, heatmap_box, refine
 from train.common import check_class, log, open_split, relpath, splits
 
 
@@ -84,22 +84,26 @@ def _hit(gts: list, box: tuple[int, int, int, int]) -> bool:
     return max(iou(box, g) for g in gts) >= 0.5
 
 
-def refinement_scores(world: CutWorld, crops: dict[int, Crop]) -> dict[tuple[str, float], float]:
+def refinement_scores(
+    world: CutWorld, crops: dict[int, Crop]
+) -> dict[tuple[str, str, float], float]:
     """Refined CorLoc (fraction) of the boxes of ``crops`` (image index → grid crop) for every
-    heat-map layer and threshold in :data:`THRESHOLDS`."""
+    ``(layer, region, threshold)``: heat-map layer, region rule and threshold in
+    :data:`THRESHOLDS`."""
     data, cls = world.data, world.class_name
     gt = {i: [b for b, d in data.gt_boxes(i, cls) if not d] for i in crops}
     size = {i: (data.annotation(i).width, data.annotation(i).height) for i in crops}
     boxes = {i: crop_to_box(c, *size[i]) for i, c in crops.items()}
-    scores: dict[tuple[str, float], float] = {}
+    scores: dict[tuple[str, str, float], float] = {}
     for layer in HEATMAP_LAYERS:
         maps = {i: heatmaps(world, i, np.asarray([c]), layer)[0] for i, c in crops.items()}
-        for t in THRESHOLDS:
-            hits = [
-                _hit(gt[i], refine(boxes[i], heatmap_box(maps[i], float(t), size[i])))
-                for i in crops
-            ]
-            scores[(layer, float(t))] = float(np.mean(hits))
+        for region in HEATMAP_REGIONS:
+            for t in THRESHOLDS:
+                hits = [
+                    _hit(gt[i], refine(boxes[i], heatmap_box(maps[i], t, size[i], region=region)))
+                    for i in crops
+                ]
+                scores[(layer, region, float(t))] = float(np.mean(hits))
     return scores
 
 
@@ -110,12 +114,22 @@ def validation_images(world: CutWorld, fraction: float = 0.05, seed: int = 0) ->
 
 
 def best_setting(
-    scores: dict[tuple[float, str, float], float],
-) -> tuple[float, str, float]:
-    """The ``(delta, layer, threshold)`` with the highest score; ties go to the smaller δ (the
-    stricter reward), then the lower threshold, then the layer listed first in
-    :data:`HEATMAP_LAYERS`."""
-    return max(scores, key=lambda k: (scores[k], -k[0], -k[2], -HEATMAP_LAYERS.index(k[1])))
+    scores: dict[tuple[float, str, str, float], float],
+) -> tuple[float, str, str, float]:
+    """The ``(delta, layer, region, threshold)`` with the highest score; ties go to the smaller δ
+    (the stricter reward), then the lower threshold, then the layer listed first in
+    :data:`HEATMAP_LAYERS`, then the region listed first in :data:`HEATMAP_REGIONS` (the
+    paper's peak region)."""
+    return max(
+        scores,
+        key=lambda k: (
+            scores[k],
+            -k[0],
+            -k[3],
+            -HEATMAP_LAYERS.index(k[1]),
+            -HEATMAP_REGIONS.index(k[2]),
+        ),
+    )
 
 
 def calibrate(args: CalibrateArgs) -> dict:
@@ -132,6 +146,7 @@ def calibrate(args: CalibrateArgs) -> dict:
     calib = load_calibration(args.dataset) or {}
     calib.setdefault("delta", {})
     calib.setdefault("heatmap_layer", {})
+    calib.setdefault("heatmap_region", {})
     calib.setdefault("heatmap_threshold", {})
     calib.setdefault("validation", {})
     for c in classes:
@@ -161,17 +176,18 @@ def calibrate(args: CalibrateArgs) -> dict:
             greedy_hits[delta] = float(
                 np.mean([_hit(gt[i], crop_to_box(crops[i], *size[i])) for i in images])
             )
-            for (layer, t), v in refinement_scores(world, crops).items():
-                scores[(delta, layer, t)] = v
-        delta, layer, thr = best_setting(scores)
+            for (layer, region, t), v in refinement_scores(world, crops).items():
+                scores[(delta, layer, region, t)] = v
+        delta, layer, region, thr = best_setting(scores)
         calib["delta"][c] = delta
         calib["heatmap_layer"][c] = layer
+        calib["heatmap_region"][c] = region
         calib["heatmap_threshold"][c] = thr
         calib["validation"][c] = {
             "images": len(images),
             "gt_drop_median": float(np.median(drops)),
             "greedy_corloc": 100 * greedy_hits[delta],
-            "refined_corloc": 100 * scores[(delta, layer, thr)],
+            "refined_corloc": 100 * scores[(delta, layer, region, thr)],
             "full_image_corloc": 100
             * float(np.mean([_hit(gt[i], crop_to_box(FULL_CROP, *size[i])) for i in images])),
         }
