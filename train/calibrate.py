@@ -2,17 +2,20 @@
 
 The only place boxes are used in training (as in the paper): a seeded ≤ 5% subset of trainval.
 
-Rule (per class), jointly for δ and the refinement's heat-map layer and threshold:
+Rule (per class), jointly for δ and the refinement's heat-map layer, region rule and threshold:
 
 * δ candidates: :data:`DELTAS` plus the *quantile rule*'s value — crop each validation image's
   mid-level map to the grid cells of its ground-truth box (where an ideal agent ends) and take the
   ``quantile`` (0.8) of the score drops ``p̄ − p̂`` there, clipped to ``[min_delta, max_delta]``:
   the smallest δ that lets an agent respecting the reward reach the true box on 80% of images.
 * For each δ the greedy cutting policy (the reward's own policy, which the agent learns) runs on
-  the validation images; its boxes are refined with the heat-map of their crop for every layer
-  and threshold in the grid.
-* The (δ, layer, threshold) with the highest refined CorLoc is kept (ties: smaller δ, then lower
-  threshold).
+  the validation images; its boxes are refined with the heat-map of their crop for every layer,
+  region rule (:data:`~evaluate.refine.HEATMAP_REGIONS`) and threshold in the grid.
+* The (δ, layer, region, threshold) with the highest refined CorLoc is kept (ties: smaller δ,
+  then lower threshold, then the mid-level layer, then the peak region).
+
+After training, each agent re-chooses layer, region and threshold on its own boxes of the same
+images (:func:`train.agent.choose_refinement`).
 """
 
 from __future__ import annotations
@@ -192,7 +195,7 @@ def calibrate(args: CalibrateArgs) -> dict:
             * float(np.mean([_hit(gt[i], crop_to_box(FULL_CROP, *size[i])) for i in images])),
         }
         log(
-            f"calibrate {c}: δ={delta:.3f} heat-map {layer}@{thr:.1f} "
+            f"calibrate {c}: δ={delta:.3f} heat-map {layer}/{region}@{thr:.1f} "
             f"(greedy CorLoc {calib['validation'][c]['greedy_corloc']:.0f} → refined "
             f"{calib['validation'][c]['refined_corloc']:.0f} on {len(images)} images)"
         )
