@@ -160,24 +160,23 @@ def bench(args: BenchArgs) -> dict:
     from stable_baselines3 import DQN
     from stable_baselines3.common.vec_env import VecMonitor
 
-    from train.agent import AgentArgs, CutFeatures
+    from train.agent import AgentArgs, DoubleDQN, policy_kwargs
 
     voc = device.type == "cuda"
     agent_args = AgentArgs(dataset="voc2007" if voc else "animals").resolved()
-    dqn = DQN(
+    # the DQN as `make train` builds it: same algorithm, observation and Q-network
+    train_venv = BatchedCutBackgroundVecEnv(
+        n_envs, world=world, observe_score=agent_args.observe_score, **kwargs
+    )
+    dqn = (DoubleDQN if agent_args.double_q else DQN)(
         "MultiInputPolicy",
-        VecMonitor(venv),
+        VecMonitor(train_venv),
         buffer_size=20_000,
         learning_starts=1000,
         batch_size=agent_args.batch_size,
         train_freq=agent_args.train_freq,
         gradient_steps=agent_args.gradient_steps,
-        policy_kwargs={
-            "features_extractor_class": CutFeatures,
-            "features_extractor_kwargs": {"channels": agent_args.adapt_channels},
-            "net_arch": [agent_args.hidden],
-            "normalize_images": False,
-        },
+        policy_kwargs=policy_kwargs(agent_args),
         device=args.device,
     )
     dqn.learn(2000)  # warm-up, fills learning_starts
@@ -207,13 +206,11 @@ def bench(args: BenchArgs) -> dict:
     exhaustive(world, images[:5], windows)
     _sync(device)
     exhaustive_ms = 1000 * (time.perf_counter() - t0) / 5
-    obs_space = venv.observation_space
-    per_obs = sum(
-        int(np.prod(s.shape)) * np.dtype(agent_args.obs_dtype).itemsize
-        for s in obs_space.spaces.values()  # type: ignore[attr-defined]
-    )
+    spaces = dict(train_venv.observation_space.spaces)  # type: ignore[attr-defined]
+    values = {k: int(np.prod(s.shape)) for k, s in spaces.items()}
     if voc:  # VOC's 512-channel features
-        per_obs = (512 * 49 + 52) * np.dtype(agent_args.obs_dtype).itemsize
+        values["features"] = 512 * 49
+    per_obs = sum(values.values()) * np.dtype(agent_args.obs_dtype).itemsize
     buffer_bytes = int(agent_args.buffer_size) * (
         2 * per_obs + 8 + 4 + 4 + 4
     )  # obs, next, a, r, d, t

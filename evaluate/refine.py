@@ -3,8 +3,8 @@
 The heat-map is the sum over channels of the feature maps (:func:`channel_sum`). It is
 min–max normalised, binarised at a fraction of its peak, and the rectangle around one connected
 region (:func:`heatmap_box`: the region holding the peak, or the one with the largest summed
-response) is intersected with the agent's box (:func:`refine`). All boxes are VOC boxes ``(xmin, ymin, xmax, ymax)``, 1-based inclusive
-(:mod:`cutbg_env.geometry`).
+response) is intersected with the agent's box (:func:`refine`). All boxes are VOC boxes
+``(xmin, ymin, xmax, ymax)``, 1-based inclusive (:mod:`cutbg_env.geometry`).
 """
 
 from __future__ import annotations

@@ -21,6 +21,18 @@ MAP45 = np.array(
 )
 
 
+# A 3×3 block of 8s and a lone, brighter 9 at row 2, column 4 (0-based).
+BLOBS = np.array(
+    [
+        [8, 8, 8, 0, 0],
+        [8, 8, 8, 0, 0],
+        [8, 8, 8, 0, 9],
+        [0, 0, 0, 0, 0],
+    ],
+    dtype=np.float64,
+)
+
+
 @pytest.mark.parametrize(
     ("threshold", "box"),
     [
@@ -49,15 +61,7 @@ def test_normalisation_is_min_max() -> None:
 
 
 def test_peak_in_smaller_blob_wins() -> None:
-    hmap = np.array(
-        [
-            [8, 8, 8, 0, 0],
-            [8, 8, 8, 0, 0],
-            [8, 8, 8, 0, 9],
-            [0, 0, 0, 0, 0],
-        ],
-        dtype=np.float64,
-    )
+    hmap = BLOBS.copy()
     assert heatmap_box(hmap, 0.5) == (5, 3, 5, 3)
     # Joining the blobs through a bridge cell at row 2, col 3 gives their union.
     hmap[2, 3] = 8
@@ -66,15 +70,7 @@ def test_peak_in_smaller_blob_wins() -> None:
 
 def test_mass_region_takes_the_largest_summed_response() -> None:
     # Peak 9 alone on the right; the 3×3 block of 8s holds far more response.
-    hmap = np.array(
-        [
-            [8, 8, 8, 0, 0],
-            [8, 8, 8, 0, 0],
-            [8, 8, 8, 0, 9],
-            [0, 0, 0, 0, 0],
-        ],
-        dtype=np.float64,
-    )
+    hmap = BLOBS.copy()
     assert heatmap_box(hmap, 0.5, region="peak") == (5, 3, 5, 3)
     assert heatmap_box(hmap, 0.5, region="mass") == (1, 1, 3, 3)
     assert heatmap_box(hmap, 0.5, image_size=(100, 80), region="mass") == (1, 1, 60, 60)

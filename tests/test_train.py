@@ -151,11 +151,12 @@ def test_missing_classifier_names_the_command(tiny_pipeline: dict, tmp_path: Pat
 def test_voc_defaults_are_the_papers() -> None:
     a = AgentArgs(dataset="voc2007").resolved()
     assert (a.epochs, a.decay_epochs, a.lr_start, a.lr_end, a.gamma) == (50, 10, 1e-5, 1e-6, 0.95)
-    # replay memory at VOC defaults: 512x7x7 + 4x13 float16 features, obs and next obs
-    per_obs = (512 * 49 + 52) * 2
+    # replay memory at VOC defaults: 512x7x7 + 4x13 (+ 2 score) float16 values, obs and next obs
+    assert a.observe_score
+    per_obs = (512 * 49 + 52 + 2) * 2
     assert a.buffer_size * 2 * per_obs < 4 * 10**9
     e = AgentArgs().resolved()
-    assert e.buffer_size * 2 * (64 * 49 + 52) * 2 < 4 * 10**9
+    assert e.buffer_size * 2 * (64 * 49 + 52 + 2) * 2 < 4 * 10**9
 
 
 def test_data_error_is_a_value_error() -> None:

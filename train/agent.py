@@ -306,8 +306,19 @@ def make_vec_env(args: AgentArgs, split: str, model: Any = None) -> BatchedCutBa
     )
 
 
+def policy_kwargs(args: AgentArgs) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` of the Q-network: :class:`CutFeatures` + an MLP head, RMSprop."""
+    return {
+        "features_extractor_class": CutFeatures,
+        "features_extractor_kwargs": {"channels": args.adapt_channels, "kernel": args.adapt_kernel},
+        "net_arch": [args.hidden],
+        "optimizer_class": torch.optim.RMSprop,
+        "normalize_images": False,
+    }
+
+
 REFINEMENT_FILE = "refinement.json"
-"""Per-agent heat-map layer and threshold, chosen on the agent's own validation boxes."""
+"""Per-agent heat-map layer, region and threshold, chosen on the agent's own validation boxes."""
 
 
 def choose_refinement(model: DQN, world: CutWorld, delta: float, path: Path) -> dict | None:
@@ -315,15 +326,15 @@ def choose_refinement(model: DQN, world: CutWorld, delta: float, path: Path) -> 
 
     The calibration stage chooses them on greedy-cut boxes, before any agent exists; an agent's
     boxes are looser than those, and the refinement is there to tighten them. So, after training,
-    the agent runs on the same validation subset (the only images whose boxes training may use)
-    and the layer/threshold with the best refined CorLoc is written to ``path``, which
+    the agent runs on the calibration's default validation subset (the only images whose boxes
+    training may use) and the setting with the best refined CorLoc is written to ``path``, which
     evaluation prefers over the calibration file. Returns the written dict (``None`` when no
     validation image contains the class).
     """
     from evaluate.rollout import observes_score, rollout, sb3_policy
-    from train.calibrate import best_setting, refinement_scores, validation_images
+    from train.calibrate import CalibrateArgs, best_setting, refinement_scores, validation_images
 
-    images = validation_images(world)
+    images = validation_images(world, CalibrateArgs.fraction, CalibrateArgs.seed)
     if not images:
         log(f"refinement: no validation image of {world.class_name}; keeping calibration.json's")
         return None
@@ -399,16 +410,7 @@ def fit_agent(args: AgentArgs) -> tuple[DQN, Path]:
             target_update_interval=args.target_update,
             exploration_initial_eps=1.0,
             exploration_final_eps=args.eps_end,
-            policy_kwargs={
-                "features_extractor_class": CutFeatures,
-                "features_extractor_kwargs": {
-                    "channels": args.adapt_channels,
-                    "kernel": args.adapt_kernel,
-                },
-                "net_arch": [args.hidden],
-                "optimizer_class": torch.optim.RMSprop,
-                "normalize_images": False,
-            },
+            policy_kwargs=policy_kwargs(args),
             tensorboard_log=tb,
             seed=args.seed,
             device=args.device,
