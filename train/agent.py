@@ -137,7 +137,10 @@ class AgentArgs:
 
 class CutFeatures(BaseFeaturesExtractor):
     """Two adaptation convs (``kernel``×``kernel`` then 3×3, ReLU) over the senior map, flattened,
-    + the action history (+ the ``score`` observation when the space has it)."""
+    + the action history (+ the ``score`` observation when the space has it).
+
+    ``kernel`` defaults to 3 so that agents saved before ``AgentArgs.adapt_kernel`` existed (their
+    zip stores only ``channels``) load unchanged; training always passes ``adapt_kernel``."""
 
     def __init__(self, observation_space: spaces.Dict, channels: int = 32, kernel: int = 3) -> None:
         c, h, w = observation_space["features"].shape

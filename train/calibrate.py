@@ -20,6 +20,7 @@ images (:func:`train.agent.choose_refinement`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ import numpy as np
 from cutbg_env import paths
 from cutbg_env.backbone import load_classifier
 from cutbg_env.core import CutWorld
-from cutbg_env.geometry import FULL_CROP, Crop, box_to_crop, crop_to_box, iou
+from cutbg_env.geometry import FULL_CROP, Box, Crop, box_to_crop, crop_to_box, iou
 from cutbg_env.io import write_json
 from cutbg_env.localize import HEATMAP_LAYERS, greedy_cut, heatmaps
 from evaluate.refine import HEATMAP_REGIONS, heatmap_box, refine
@@ -87,15 +88,23 @@ def _hit(gts: list, box: tuple[int, int, int, int]) -> bool:
     return max(iou(box, g) for g in gts) >= 0.5
 
 
+def _truth(
+    world: CutWorld, images: Iterable[int]
+) -> tuple[dict[int, list[Box]], dict[int, tuple[int, int]]]:
+    """Per image: the class's non-difficult ground-truth boxes and the ``(width, height)``."""
+    data, cls = world.data, world.class_name
+    gt = {i: [b for b, d in data.gt_boxes(i, cls) if not d] for i in images}
+    size = {i: (data.annotation(i).width, data.annotation(i).height) for i in gt}
+    return gt, size
+
+
 def refinement_scores(
     world: CutWorld, crops: dict[int, Crop]
 ) -> dict[tuple[str, str, float], float]:
     """Refined CorLoc (fraction) of the boxes of ``crops`` (image index → grid crop) for every
     ``(layer, region, threshold)``: heat-map layer, region rule and threshold in
     :data:`THRESHOLDS`."""
-    data, cls = world.data, world.class_name
-    gt = {i: [b for b, d in data.gt_boxes(i, cls) if not d] for i in crops}
-    size = {i: (data.annotation(i).width, data.annotation(i).height) for i in crops}
+    gt, size = _truth(world, crops)
     boxes = {i: crop_to_box(c, *size[i]) for i, c in crops.items()}
     scores: dict[tuple[str, str, float], float] = {}
     for layer in HEATMAP_LAYERS:
@@ -161,8 +170,7 @@ def calibrate(args: CalibrateArgs) -> dict:
             log(f"calibrate {c}: no validation image contains it; keeping defaults")
             continue
         mids = world.mid_maps(images)
-        gt = {i: [b for b, d in data.gt_boxes(i, c) if not d] for i in images}
-        size = {i: (data.annotation(i).width, data.annotation(i).height) for i in images}
+        gt, size = _truth(world, images)
         rows = [(j, box_to_crop(b, *size[i])) for j, i in enumerate(images) for b in gt[i]]
         _, p_full = world.full(images)
         _, p_gt = world.evaluate(mids[[j for j, _ in rows]], np.asarray([cr for _, cr in rows]))
@@ -171,7 +179,7 @@ def calibrate(args: CalibrateArgs) -> dict:
             {delta_from_drops(drops, args.quantile, args.min_delta, args.max_delta)}
             | {float(d) for d in DELTAS if args.min_delta <= d <= args.max_delta}
         )
-        scores: dict[tuple[float, str, float], float] = {}
+        scores: dict[tuple[float, str, str, float], float] = {}
         greedy_hits: dict[float, float] = {}
         for delta in candidates:
             greedy = greedy_cut(world, images, delta)
