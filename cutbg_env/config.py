@@ -110,3 +110,18 @@ def run_cli(fn: Callable[[], object]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def command_main(
+    prog: str,
+    description: str | None,
+    cls: type[T],
+    fn: Callable[[T], object],
+    argv: list[str] | None = None,
+) -> int:
+    """A one-stage command: flags from dataclass ``cls``, then ``fn(config)`` under
+    :func:`run_cli`. Returns the exit status."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser, cls)
+    config = from_namespace(cls, parser.parse_args(argv))
+    return run_cli(lambda: fn(config))

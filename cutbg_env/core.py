@@ -9,6 +9,7 @@ and cached; a whole split can be precomputed.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections.abc import Sequence
@@ -262,6 +263,13 @@ class Episode:
         self.calls = 1
         self.steps = 0
         self.done = False
+
+    def clone(self) -> Episode:
+        """An independent copy (for trying another action from the same state)."""
+        twin = copy.copy(self)
+        twin.history = self.history.copy()
+        twin.trail = list(self.trail)
+        return twin
 
     def plan(self, action: Action) -> Crop | None:
         """The crop this action asks to score, or ``None`` (stop, or a cut that removes nothing)."""

@@ -20,7 +20,6 @@ images in both cases.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tempfile
 import time
@@ -34,7 +33,7 @@ import torch
 import cutbg_env  # noqa: F401 - registers the env
 from cutbg_env import paths
 from cutbg_env.backbone import BackboneConfig, Classifier, load_classifier, save_classifier
-from cutbg_env.config import add_arguments, from_namespace
+from cutbg_env.config import command_main
 from cutbg_env.core import CutWorld
 from cutbg_env.data import VOCDataset, resolve_dataset
 from cutbg_env.io import write_json
@@ -160,16 +159,21 @@ def bench(args: BenchArgs) -> dict:
     from stable_baselines3 import DQN
     from stable_baselines3.common.vec_env import VecMonitor
 
-    from train.agent import AgentArgs, DoubleDQN, policy_kwargs
+    from train.agent import AgentArgs, algorithm, policy_kwargs
 
     voc = device.type == "cuda"
     agent_args = AgentArgs(dataset="voc2007" if voc else "animals").resolved()
     # the DQN as `make train` builds it: same algorithm, observation and Q-network
     train_venv = BatchedCutBackgroundVecEnv(
-        n_envs, world=world, observe_score=agent_args.observe_score, **kwargs
+        n_envs,
+        world=world,
+        observe_score=agent_args.observe_score,
+        branches=agent_args.branches,
+        **kwargs,
     )
-    dqn = (DoubleDQN if agent_args.double_q else DQN)(
-        "MultiInputPolicy",
+    algo, policy = algorithm(agent_args)
+    dqn = algo(
+        policy,
         VecMonitor(train_venv),
         buffer_size=20_000,
         learning_starts=1000,
@@ -283,10 +287,7 @@ def table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluate.bench", description=__doc__)
-    add_arguments(parser, BenchArgs)
-    bench(from_namespace(BenchArgs, parser.parse_args(argv)))
-    return 0
+    return command_main("python -m evaluate.bench", __doc__, BenchArgs, bench, argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ closest ground-truth box.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ from stable_baselines3 import DQN
 
 import cutbg_env  # noqa: F401 - registers the env
 from cutbg_env import paths
-from cutbg_env.config import add_arguments, from_namespace, run_cli
+from cutbg_env.config import command_main
 from cutbg_env.errors import CheckpointError
 from cutbg_env.geometry import iou
 from evaluate.rollout import observes_score
@@ -78,10 +77,7 @@ def report(args: ReturnsArgs) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluate.returns", description=__doc__)
-    add_arguments(parser, ReturnsArgs)
-    args = from_namespace(ReturnsArgs, parser.parse_args(argv))
-    return run_cli(lambda: report(args))
+    return command_main("python -m evaluate.returns", __doc__, ReturnsArgs, report, argv)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -165,8 +166,6 @@ def test_data_error_is_a_value_error() -> None:
 
 def test_double_dqn_target(tiny_pipeline: dict) -> None:
     """One gradient step's loss is the Huber loss to r + γ(1−done)·Q_target(s', argmax Q(s'))."""
-    from types import SimpleNamespace
-
     import torch
     from stable_baselines3.common.logger import configure
 
@@ -246,3 +245,69 @@ def test_corrupt_refinement_file_names_it(tiny_pipeline: dict, tmp_path: Path) -
             refinement_setting("animals", "dog", {})
     finally:
         path.write_text(saved)
+
+
+def test_validity_q_values_on_hand_made_heads() -> None:
+    """Q_cut = σ(ℓ)(scale + W) − (1 − σ(ℓ)) scale, Q_stop = W_stop."""
+    import torch
+
+    from train.agent import ValidityQNetwork
+
+    w = torch.zeros(1, 13)
+    w[0, 2], w[0, 12] = 10.0, 3.0  # UP_3 continues to a state worth 10; STOP worth 3
+    logits = torch.full((1, 12), -1e4)  # every cut certainly invalid ...
+    logits[0, 2] = float(np.log(3.0))  # ... but UP_3, valid with p = 0.75
+    q = ValidityQNetwork.q_values(
+        SimpleNamespace(scales=torch.tensor([1.0, 2.0, 3.0] * 4)),  # type: ignore[arg-type]
+        w,
+        logits,
+    )
+    # p = 0 for all cuts but UP_3: Q = −scale; UP_3: 0.75 · (3 + 10) − 0.25 · 3 = 9
+    expected = [-1.0, -2.0, 9.0, -1.0, -2.0, -3.0, -1.0, -2.0, -3.0, -1.0, -2.0, -3.0, 3.0]
+    np.testing.assert_allclose(q[0].numpy(), expected, rtol=1e-6)
+
+
+def test_branches_and_validity_head_train_and_reload(tiny_pipeline: dict, tmp_path: Path) -> None:
+    """The options: (1 + K) transitions stored per env step, the validity loss on top of the TD
+    loss, and an agent that reloads with plain ``DQN.load`` and acts the same."""
+    import torch
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.logger import configure
+
+    from train.agent import ValidityQNetwork
+
+    args = dataclasses.replace(
+        tiny_pipeline["args"], epochs=2, branches=2, validity_head=True, out=str(tmp_path / "v")
+    )
+    model, path = fit_agent(args)
+    assert isinstance(model.q_net, ValidityQNetwork)
+    buffer = model.replay_buffer
+    stored = (buffer.buffer_size if buffer.full else buffer.pos) * buffer.n_envs
+    # the taken action + 2 branches per transition; SB3 does not store the step on which the
+    # callback ends training
+    assert stored == 3 * (model.num_timesteps - args.n_envs)
+    # loss = Huber(Q(s, a), Double-DQN target) + BCE(ℓ_a, r > 0) over the sampled cuts
+    loaded = DQN.load(path)  # the saved agent needs no custom class at load time
+    assert isinstance(loaded.q_net, ValidityQNetwork)
+    obs = {k: torch.as_tensor(v[None]).float() for k, v in model.observation_space.sample().items()}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.q_net(obs), model.q_net(obs))
+    # loss = Huber(Q(s, a), Double-DQN target) + BCE(ℓ_a, r > 0) over the sampled cuts
+    model.set_logger(configure(None, []))
+    batch = buffer.sample(32)
+    with torch.no_grad():
+        w, logits = model.q_net.heads(batch.observations)
+        current = model.q_net.q_values(w, logits).gather(1, batch.actions.long())
+        best = model.q_net(batch.next_observations).argmax(1, keepdim=True)
+        nxt = model.q_net_target(batch.next_observations).gather(1, best)
+        y = batch.rewards + (1 - batch.dones) * model.gamma * nxt
+        cut = batch.actions[:, 0] < 12
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits[cut].gather(1, batch.actions[cut].long()).squeeze(1),
+            (batch.rewards[cut, 0] > 0).float(),
+        )
+        expected = torch.nn.functional.smooth_l1_loss(current, y).item() + bce.item()
+    assert bool(cut.any())
+    model.replay_buffer = SimpleNamespace(sample=lambda *a, **k: batch)  # type: ignore[assignment]
+    model.train(gradient_steps=1, batch_size=32)
+    assert model.logger.name_to_value["train/loss"] == pytest.approx(expected, rel=1e-5)

@@ -175,3 +175,59 @@ def test_observe_score_matches_single_envs(env_kwargs: dict) -> None:
             if dones[i]:
                 assert term or trunc
                 single[i], _ = env.reset()
+
+
+def test_branches_are_the_transitions_of_other_actions(env_kwargs: dict) -> None:
+    """``branches=K``: K other actions per env and step, each the transition a copy of the state
+    really makes; the episodes themselves are those of the env without branches."""
+    from cutbg_env.core import step_episodes
+
+    plain = BatchedCutBackgroundVecEnv(n_envs=N_ENVS, **env_kwargs)
+    branched = BatchedCutBackgroundVecEnv(
+        n_envs=N_ENVS, world=plain.world, branches=3, **env_kwargs
+    )
+    plain.seed(SEED)
+    branched.seed(SEED)
+    plain.reset()
+    branched.reset()
+    seen = 0
+    for actions in seeded_actions(25):
+        before = [ep.clone() for ep in branched._episodes]  # type: ignore[union-attr]
+        obs_p, rew_p, done_p, _ = plain.step(actions)
+        obs_b, rew_b, done_b, infos = branched.step(actions)
+        np.testing.assert_array_equal(rew_p, rew_b)
+        np.testing.assert_array_equal(done_p, done_b)
+        np.testing.assert_array_equal(obs_p["history"], obs_b["history"])
+        for i, info in enumerate(infos):
+            tried = [b["action"] for b in info["branches"]]
+            assert len(set(tried)) == 3 and int(actions[i]) not in tried
+            for b in info["branches"]:
+                twin = before[i].clone()
+                ((reward, terminated),) = step_episodes(plain.world, [twin], [Action(b["action"])])
+                assert (b["reward"], b["terminated"]) == (reward, terminated)
+                assert b["truncated"] == (not terminated and twin.steps >= MAX_EPISODE_STEPS)
+                np.testing.assert_array_equal(
+                    b["observation"]["history"], twin.obs(np.float32)["history"]
+                )
+                np.testing.assert_allclose(
+                    b["observation"]["features"], twin.features, rtol=1e-6, atol=1e-6
+                )
+                seen += 1
+    assert seen == 25 * N_ENVS * 3
+    again = BatchedCutBackgroundVecEnv(n_envs=N_ENVS, world=plain.world, branches=3, **env_kwargs)
+    again.seed(SEED)
+    again.reset()
+    first = [
+        [b["action"] for b in info["branches"]] for info in again.step(seeded_actions(1)[0])[3]
+    ]
+    branched.seed(SEED)
+    branched.reset()
+    assert first == [
+        [b["action"] for b in info["branches"]] for info in branched.step(seeded_actions(1)[0])[3]
+    ]  # seeded
+
+
+def test_branches_bad_value(venv: BatchedCutBackgroundVecEnv, env_kwargs: dict) -> None:
+    for k in (-1, 13):
+        with pytest.raises(ValueError, match=rf"branches={k}: expected 0..12"):
+            BatchedCutBackgroundVecEnv(n_envs=2, world=venv.world, branches=k, **env_kwargs)

@@ -10,6 +10,11 @@ state also holds ``p̂`` and the drop ``p̄ − p̂`` (the reward is a threshold
 paper's state leaves the agent to infer from features), and the TD target is Double DQN's (plain
 DQN's over-estimated value of cutting on kept beating the exact ``+η`` of stopping). See README.
 
+Two more options, off by default (they did not improve the localizer; see README):
+``branches`` stores the real transitions of other actions tried from each state
+(:class:`BranchingDQN`), and ``validity_head`` shapes the Q-network after the reward
+(:class:`ValidityQNetwork`).
+
 Schedules follow the paper in *epochs* (one epoch = one pass over the class's trainval images
 that contain it): RMSprop, learning rate decaying from ``lr_start`` to ``lr_end`` over the first
 ``decay_epochs`` and constant after; ε from 1.0 down to 0.1 in steps of 0.1 over the same epochs.
@@ -31,11 +36,13 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, create_mlp
 from stable_baselines3.common.vec_env import VecMonitor
+from stable_baselines3.dqn.policies import MultiInputPolicy, QNetwork
 from torch import nn
 
 from cutbg_env import paths
+from cutbg_env.actions import CUT_ACTIONS, Action
 from cutbg_env.backbone import load_classifier
 from cutbg_env.core import CutWorld, resolve_delta
 from cutbg_env.errors import CheckpointError
@@ -104,6 +111,10 @@ class AgentArgs:
     """Train on the first N images of the class only (quick experiments, tests)."""
     double_q: bool = True
     """Double-DQN targets (False = SB3's plain DQN, as the paper)."""
+    branches: int = 0
+    """Other actions tried per state and stored as extra transitions (0 = the paper's DQN)."""
+    validity_head: bool = False
+    """Q-network with a validity logit per cut (:class:`ValidityQNetwork`; False = an MLP)."""
     resume: bool = False
     """Continue from the last epoch checkpoint in the run folder."""
     save_replay_buffer: bool = False
@@ -160,18 +171,120 @@ class CutFeatures(BaseFeaturesExtractor):
         parts = [self.adapt(obs["features"].float()), obs["history"].float().flatten(1)]
         if self.with_score:
             parts.append(obs["score"].float())
+
         return torch.cat(parts, 1)
 
 
-class DoubleDQN(DQN):
-    """SB3's DQN with the Double-DQN target (van Hasselt et al., 2016).
+class ValidityQNetwork(QNetwork):
+    """A Q-network shaped by the reward's own structure.
 
-    The online network picks the next action and the target network values it:
-    ``y = r + γ (1 − done) Q_target(s', argmax_a Q(s', a))``. With plain DQN's
-    ``max_a Q_target(s', a)`` the over-estimated value of continuing to cut beats the exact,
-    terminal ``+η`` of stopping, and the agent cuts until the score drops.
-    Everything else (replay, Huber loss, gradient clipping, target copies) is SB3's.
+    A cut's reward is ``+scale`` when it keeps the drop ≤ δ (and the episode goes on) and
+    ``−scale`` when it does not (and the episode ends), so
+    ``Q(s, cut) = P(valid) · (scale + γ V(s')) − (1 − P(valid)) · scale``. The head outputs a
+    validity logit ``ℓ`` per cut and a continuation value ``W`` per action, and returns
+    ``Q_cut = σ(ℓ) (scale + W_cut) − (1 − σ(ℓ)) scale`` and ``Q_stop = W_stop``: still 13
+    Q-values, trained by the TD loss; :class:`BranchingDQN` adds a cross-entropy loss on ``ℓ``
+    of each sampled cut, whose label is the sign of its reward.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        out = int(self.action_space.n) + len(CUT_ACTIONS)
+        self.q_net = nn.Sequential(
+            *create_mlp(self.features_dim, out, self.net_arch, self.activation_fn)
+        )
+        scales = torch.tensor([float(Action(a).scale) for a in CUT_ACTIONS])
+        self.register_buffer("scales", scales)
+
+    def heads(self, obs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W (N, 13), ℓ (N, 12))``."""
+        out = self.q_net(self.extract_features(obs, self.features_extractor))
+        n = int(self.action_space.n)
+        return out[:, :n], out[:, n:]
+
+    def q_values(self, w: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``(N, 13)`` Q-values from the two heads."""
+        p = torch.sigmoid(logits)
+        q_cut = p * (self.scales + w[:, : len(CUT_ACTIONS)]) - (1.0 - p) * self.scales
+        return torch.cat([q_cut, w[:, len(CUT_ACTIONS) :]], 1)
+
+    def forward(self, obs: Any) -> torch.Tensor:
+        return self.q_values(*self.heads(obs))
+
+
+class ValidityPolicy(MultiInputPolicy):
+    """SB3's ``MultiInputPolicy`` with :class:`ValidityQNetwork` as online and target net."""
+
+    def make_q_net(self) -> QNetwork:
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+        return ValidityQNetwork(**net_args).to(self.device)
+
+
+class BranchingDQN(DQN):
+    """SB3's DQN (plain ``max`` target) with the two optional extras of :class:`AgentArgs`.
+
+    * Counterfactual transitions: when the env returns ``info["branches"]``
+      (:class:`BatchedCutBackgroundVecEnv` with ``branches=K``), each step adds ``K`` more
+      transitions per env to the replay buffer: the same state, another action, and the reward,
+      end and next state that action really has. They are ordinary env transitions (the env is
+      deterministic), so the Q-learning targets are unchanged; the agent sees the verdict of
+      several cuts per state instead of one.
+    * With :class:`ValidityQNetwork`, a binary cross-entropy loss on the validity logit of each
+      sampled cut, labelled by the sign of its reward, is added to the TD loss.
+
+    Without either, training is SB3's DQN: replay, Huber loss, gradient clipping, target copies.
+    """
+
+    double_q = False
+    """Double-DQN targets (:class:`DoubleDQN`)."""
+
+    def _store_transition(
+        self,
+        replay_buffer: Any,
+        buffer_action: np.ndarray,
+        new_obs: Any,
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        obs = self._last_obs  # the state every branch starts from (super() moves it on)
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        branches = [info.get("branches") for info in infos]
+        if not branches[0]:
+            return
+        for k in range(len(branches[0])):
+            taken = [b[k] for b in branches]  # type: ignore[index]
+            replay_buffer.add(
+                obs,
+                {key: np.stack([t["observation"][key] for t in taken]) for key in obs},
+                np.asarray([[t["action"]] for t in taken]),
+                np.asarray([t["reward"] for t in taken], dtype=np.float32),
+                np.asarray([t["terminated"] or t["truncated"] for t in taken]),
+                [{"TimeLimit.truncated": t["truncated"]} for t in taken],
+            )
+
+    def _loss(self, data: Any) -> torch.Tensor:
+        discounts = data.discounts if data.discounts is not None else self.gamma
+        with torch.no_grad():
+            if self.double_q:
+                next_actions = self.q_net(data.next_observations).argmax(dim=1, keepdim=True)
+                next_q = self.q_net_target(data.next_observations).gather(1, next_actions)
+            else:
+                next_q = self.q_net_target(data.next_observations).max(dim=1, keepdim=True)[0]
+            target = data.rewards + (1 - data.dones) * discounts * next_q
+        actions = data.actions.long()
+        if not isinstance(self.q_net, ValidityQNetwork):
+            current = self.q_net(data.observations).gather(1, actions)
+            return nn.functional.smooth_l1_loss(current, target)
+        w, logits = self.q_net.heads(data.observations)
+        current = self.q_net.q_values(w, logits).gather(1, actions)
+        loss = nn.functional.smooth_l1_loss(current, target)
+        cut = actions[:, 0] < len(CUT_ACTIONS)
+        if cut.any():
+            chosen = logits[cut].gather(1, actions[cut]).squeeze(1)
+            labels = (data.rewards[cut, 0] > 0).float()
+            loss = loss + nn.functional.binary_cross_entropy_with_logits(chosen, labels)
+        return loss
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         self.policy.set_training_mode(True)
@@ -179,13 +292,7 @@ class DoubleDQN(DQN):
         losses = []
         for _ in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            discounts = data.discounts if data.discounts is not None else self.gamma
-            with torch.no_grad():
-                next_actions = self.q_net(data.next_observations).argmax(dim=1, keepdim=True)
-                next_q = self.q_net_target(data.next_observations).gather(1, next_actions)
-                target = data.rewards + (1 - data.dones) * discounts * next_q
-            current = self.q_net(data.observations).gather(1, data.actions.long())
-            loss = nn.functional.smooth_l1_loss(current, target)
+            loss = self._loss(data)
             losses.append(loss.item())
             self.policy.optimizer.zero_grad()
             loss.backward()
@@ -194,6 +301,18 @@ class DoubleDQN(DQN):
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", float(np.mean(losses)))
+
+
+class DoubleDQN(BranchingDQN):
+    """:class:`BranchingDQN` with the Double-DQN target (van Hasselt et al., 2016).
+
+    The online network picks the next action and the target network values it:
+    ``y = r + γ (1 − done) Q_target(s', argmax_a Q(s', a))``. With plain DQN's
+    ``max_a Q_target(s', a)`` the over-estimated value of continuing to cut beats the exact,
+    terminal ``+η`` of stopping, and the agent cuts until the score drops.
+    """
+
+    double_q = True
 
 
 class EpochClock:
@@ -306,7 +425,14 @@ def make_vec_env(args: AgentArgs, split: str, model: Any = None) -> BatchedCutBa
         eta=args.eta,
         obs_dtype=args.obs_dtype,
         observe_score=args.observe_score,
+        branches=args.branches,
     )
+
+
+def algorithm(args: AgentArgs) -> tuple[type[DQN], Any]:
+    """The DQN class and SB3 policy ``make train`` uses for ``args``."""
+    algo = DoubleDQN if args.double_q else BranchingDQN
+    return algo, (ValidityPolicy if args.validity_head else "MultiInputPolicy")
 
 
 def policy_kwargs(args: AgentArgs) -> dict[str, Any]:
@@ -391,7 +517,7 @@ def fit_agent(args: AgentArgs) -> tuple[DQN, Path]:
     clock = EpochClock(len(venv.world.positives), resume[1]["episodes"] if resume else 0)
     delta = venv.delta
     tb = str(run_dir / "tb")
-    algo = DoubleDQN if args.double_q else DQN
+    algo, policy = algorithm(args)
     if resume:
         model = algo.load(resume[0], env=env, device=args.device, tensorboard_log=tb)
         if args.save_replay_buffer and (run_dir / "checkpoints" / "replay_buffer.pkl").is_file():
@@ -401,7 +527,7 @@ def fit_agent(args: AgentArgs) -> tuple[DQN, Path]:
         )
     else:
         model = algo(
-            "MultiInputPolicy",
+            policy,
             env,
             learning_rate=args.lr_start,
             buffer_size=args.buffer_size,

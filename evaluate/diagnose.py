@@ -1,0 +1,216 @@
+"""``python -m evaluate.diagnose --class dog``: where the agent's cutting goes wrong.
+
+The agent's box is only as tight as its run of valid cuts is long: under the paper's rules the
+first cut whose score drop exceeds δ ends the episode. This command replays the trained agent
+(greedy actions, the env's rules) on the positive images of a split and, at every state it
+visits, also scores all 12 cuts (diagnostic calls only; they do not change the episode), to
+measure:
+
+* how the episodes ended: ``stop`` (the agent chose STOP), ``drop`` (a cut past δ) or
+  ``step_limit``; and, for ``stop``, how often a valid cut was still left;
+* per step band (0–4, 5–9, 10–19): the share of the 12 cuts that are valid (the base rate a
+  random cut would hit) against the share of the agent's chosen cuts that are valid;
+* ``q_auc``: how well the agent's Q-values rank valid above invalid cuts (the probability that
+  a random valid cut of a state has the higher Q than a random invalid one, ties ½, averaged
+  over states that have both). 1.0 = it knows which cuts keep the object; 0.5 = chance.
+
+``greedy_cut`` (``python -m evaluate``) is the same rule with the 12 verdicts known at each step;
+an agent with ``q_auc`` near 1 and chosen-valid near 1 matches it. Writes
+``results/diagnose_<class>.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from stable_baselines3 import DQN
+
+from cutbg_env import MAX_EPISODE_STEPS, paths
+from cutbg_env.actions import CUT_ACTIONS, Action, apply_cut
+from cutbg_env.config import command_main
+from cutbg_env.core import CutWorld, Episode, new_episode, resolve_delta, step_episodes
+from cutbg_env.errors import CheckpointError
+from cutbg_env.io import write_json
+from evaluate.rollout import observes_score
+
+STEP_BANDS = ((0, 5), (5, 10), (10, MAX_EPISODE_STEPS))
+"""Step ranges ``[lo, hi)`` the per-step rates are reported over."""
+
+
+@dataclass(frozen=True)
+class DiagnoseArgs:
+    """Validity of the agent's cuts against all 12 cuts' verdicts, state by state."""
+
+    class_name: str = field(default="dog", metadata={"flags": ("--class",)})
+    """Class whose agent is diagnosed."""
+    dataset: str = "animals"
+    """Dataset name or VOC-layout folder."""
+    split: str = "test"
+    """Split whose positive images are replayed."""
+    agent: str | None = None
+    """Agent zip (default: runs/<dataset>/<class>/agent.zip)."""
+    max_images: int | None = None
+    """Use only the first N positive images."""
+    out: str = "results"
+    """Folder of ``diagnose_<class>.json``."""
+    device: str = "cpu"
+    """Torch device of the classifier."""
+
+
+def ranking_auc(q: np.ndarray, valid: np.ndarray) -> float | None:
+    """Probability that a valid cut outranks an invalid one by ``q`` (ties count ½).
+
+    Args:
+        q: ``(K,)`` float scores of K actions.
+        valid: ``(K,)`` bool verdicts.
+
+    Returns the AUC, or ``None`` when every or no action is valid (nothing to rank).
+    """
+    q, valid = np.asarray(q, dtype=np.float64), np.asarray(valid, dtype=bool)
+    if q.shape != valid.shape or q.ndim != 1:
+        raise ValueError(f"ranking_auc: q {q.shape} and valid {valid.shape} must be equal (K,)")
+    pos, neg = q[valid], q[~valid]
+    if not len(pos) or not len(neg):
+        return None
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
+def cut_verdicts(world: CutWorld, episodes: Sequence[Episode]) -> np.ndarray:
+    """``(N, 12)`` bool: would each cut of each episode's current crop keep the drop ≤ δ?
+
+    One batched forward of ``12 N`` crops; a cut that can remove nothing is not valid (the env
+    penalises it)."""
+    plans = [[apply_cut(ep.crop, a) for a in CUT_ACTIONS] for ep in episodes]
+    crops = np.asarray([c for row in plans for c, _ in row])
+    mids = world.mid_maps([ep.index for ep in episodes for _ in CUT_ACTIONS])
+    _, scores = world.evaluate(mids, crops)
+    scores = scores.reshape(len(episodes), len(CUT_ACTIONS))
+    removed = np.asarray([[r > 0 for _, r in row] for row in plans])
+    drops = np.asarray([ep.p_full for ep in episodes])[:, None] - scores
+    return (drops <= np.asarray([ep.delta for ep in episodes])[:, None]) & removed
+
+
+def diagnose(
+    model: DQN, world: CutWorld, indices: Sequence[int], delta: float, chunk: int = 32
+) -> dict:
+    """Replay the agent on ``indices`` and measure its cuts (see the module docstring)."""
+    score_obs = observes_score(model)
+    ends = {"stop": 0, "drop": 0, "step_limit": 0}
+    stop_with_valid_left = 0
+    steps, base, chosen, aucs = [], [], [], []  # per state; chosen = NaN for STOP
+    for start in range(0, len(indices), chunk):
+        eps = [
+            new_episode(world, i, delta, 3.0, True, score_obs)
+            for i in indices[start : start + chunk]
+        ]
+        active = list(range(len(eps)))
+        while active:
+            batch = [eps[j] for j in active]
+            obs = [ep.obs(np.dtype(np.float32)) for ep in batch]
+            tensors = {
+                k: torch.as_tensor(np.stack([o[k] for o in obs]), device=model.device)
+                for k in obs[0]
+            }
+            with torch.no_grad():
+                q = model.q_net(tensors).cpu().numpy()
+            actions = q.argmax(1)
+            valid = cut_verdicts(world, batch)
+            for ep, qs, a, v in zip(batch, q, actions, valid, strict=True):
+                steps.append(ep.steps)
+                base.append(v.mean())
+                chosen.append(np.nan if a == Action.STOP else float(v[a]))
+                auc = ranking_auc(qs[: len(CUT_ACTIONS)], v)
+                if auc is not None:
+                    aucs.append(auc)
+                if a == Action.STOP:
+                    stop_with_valid_left += bool(v.any())
+            outcomes = step_episodes(world, batch, [Action(int(a)) for a in actions])
+            still = []
+            for j, a, (_, terminated) in zip(active, actions, outcomes, strict=True):
+                if terminated:
+                    ends["stop" if a == Action.STOP else "drop"] += 1
+                elif eps[j].steps >= MAX_EPISODE_STEPS:
+                    ends["step_limit"] += 1
+                else:
+                    still.append(j)
+            active = still
+    steps_a, base_a, chosen_a = np.asarray(steps), np.asarray(base), np.asarray(chosen)
+    bands = []
+    for lo, hi in STEP_BANDS:
+        sel = (steps_a >= lo) & (steps_a < hi)
+        cuts = sel & ~np.isnan(chosen_a)
+        bands.append(
+            {
+                "steps": [lo, hi - 1],
+                "states": int(sel.sum()),
+                "valid_cut_rate": float(base_a[sel].mean()) if sel.any() else None,
+                "chosen_cut_valid_rate": float(chosen_a[cuts].mean()) if cuts.any() else None,
+            }
+        )
+    return {
+        "images": len(indices),
+        "delta": delta,
+        "ends": ends,
+        "stops_with_a_valid_cut_left": stop_with_valid_left,
+        "states": len(steps),
+        "q_auc": float(np.mean(aucs)) if aucs else None,
+        "q_auc_states": len(aucs),
+        "bands": bands,
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "  n/a" if x is None else f"{100 * x:4.0f}%"
+
+
+def report(args: DiagnoseArgs) -> dict:
+    """Run :func:`diagnose` for one class, write the JSON and print the table."""
+    zip_path = (
+        Path(args.agent)
+        if args.agent
+        else paths.agent_dir(args.dataset, args.class_name) / "agent.zip"
+    )
+    if not zip_path.is_file():
+        raise CheckpointError(
+            f"no trained agent at {zip_path}: train one with `make train CLASS={args.class_name}`"
+        )
+    model = DQN.load(zip_path, device="cpu")
+    world = CutWorld(args.dataset, args.split, args.class_name, device=args.device)
+    world.require_positives()
+    indices = world.positives[: args.max_images]
+    delta = resolve_delta(args.dataset, args.class_name, None)
+    result = {"dataset": args.dataset, "split": args.split, "class": args.class_name}
+    result |= diagnose(model, world, indices, delta)
+    path = Path(args.out) / f"diagnose_{args.class_name}.json"
+    write_json(path, result)
+    e = result["ends"]
+    print(
+        f"{args.class_name}: {result['images']} {args.split} images, δ {delta:g}; episodes ended by "
+        f"STOP {e['stop']} ({result['stops_with_a_valid_cut_left']} with a valid cut left), "
+        f"a cut past δ {e['drop']}, the step limit {e['step_limit']}"
+    )
+    auc = result["q_auc"]
+    print(f"Q ranks valid above invalid cuts: AUC {'n/a' if auc is None else f'{auc:.3f}'}")
+    print("steps    states   valid cuts (base rate)   agent's cuts valid")
+    for b in result["bands"]:
+        lo, hi = b["steps"]
+        print(
+            f"{lo:2d}-{hi:<2d}    {b['states']:6d}   {_pct(b['valid_cut_rate']):>22}   "
+            f"{_pct(b['chosen_cut_valid_rate']):>18}"
+        )
+    print(f"-> {path}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command_main("python -m evaluate.diagnose", __doc__, DiagnoseArgs, report, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
