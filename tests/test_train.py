@@ -197,8 +197,13 @@ def test_double_dqn_target(tiny_pipeline: dict) -> None:
         best = online_next.argmax(1, keepdim=True)
         y = batch.rewards + (1 - batch.dones) * model.gamma * target_next.gather(1, best)
         y_plain = batch.rewards + (1 - batch.dones) * model.gamma * target_next.max(1, True)[0]
-        expected = torch.nn.functional.smooth_l1_loss(current, y).item()
-        plain = torch.nn.functional.smooth_l1_loss(current, y_plain).item()
+        # + the validity head's cross-entropy on the one sampled cut (action 0)
+        _, logits = model.q_net.heads(batch.observations)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits[0, 0], (batch.rewards[0, 0] > 0).float()
+        ).item()
+        expected = torch.nn.functional.smooth_l1_loss(current, y).item() + bce
+        plain = torch.nn.functional.smooth_l1_loss(current, y_plain).item() + bce
     assert bool(dones[1]) and not bool(dones[0])  # STOP ends, so one target has no bootstrap
     model.train(gradient_steps=1, batch_size=2)
     loss = model.logger.name_to_value["train/loss"]

@@ -10,10 +10,10 @@ state also holds ``p̂`` and the drop ``p̄ − p̂`` (the reward is a threshold
 paper's state leaves the agent to infer from features), and the TD target is Double DQN's (plain
 DQN's over-estimated value of cutting on kept beating the exact ``+η`` of stopping). See README.
 
-Two more options, off by default (they did not improve the localizer; see README):
-``branches`` stores the real transitions of other actions tried from each state
-(:class:`BranchingDQN`), and ``validity_head`` shapes the Q-network after the reward
-(:class:`ValidityQNetwork`).
+The Q-network (``validity_head``, on by default, ``--no-validity-head`` = a plain MLP head) follows
+the reward's structure: a validity logit per cut, trained with an extra cross-entropy loss
+(:class:`ValidityQNetwork`). ``branches`` (off by default: it doubles training time) also stores
+the real transitions of other actions tried from each state (:class:`BranchingDQN`). See README.
 
 Schedules follow the paper in *epochs* (one epoch = one pass over the class's trainval images
 that contain it): RMSprop, learning rate decaying from ``lr_start`` to ``lr_end`` over the first
@@ -113,7 +113,7 @@ class AgentArgs:
     """Double-DQN targets (False = SB3's plain DQN, as the paper)."""
     branches: int = 0
     """Other actions tried per state and stored as extra transitions (0 = the paper's DQN)."""
-    validity_head: bool = False
+    validity_head: bool = True
     """Q-network with a validity logit per cut (:class:`ValidityQNetwork`; False = an MLP)."""
     resume: bool = False
     """Continue from the last epoch checkpoint in the run folder."""
