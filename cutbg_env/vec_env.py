@@ -157,9 +157,9 @@ class BatchedCutBackgroundVecEnv(VecEnv):
         """Copies of each episode and the other actions to try on them (``branches`` per env)."""
         twins: list[Episode] = []
         twin_acts: list[Action] = []
+        if not self.branches:
+            return twins, twin_acts
         for ep, a in zip(episodes, acts, strict=True):
-            if not self.branches:
-                break
             others = [b for b in range(N_ACTIONS) if b != int(a)]
             for b in self._branch_rng.choice(others, size=self.branches, replace=False):
                 twins.append(ep.clone())
