@@ -65,7 +65,8 @@ def _parse_optional(kind: Any) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one ``--flag`` per field of dataclass ``cls`` (bools become ``--x/--no-x``); extra
-    spellings come from ``field(metadata={"flags": ("--alias",)})``."""
+    spellings come from ``field(metadata={"flags": ("--alias",)})`` and allowed values from
+    ``field(metadata={"choices": (...)})``."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -83,7 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             )
         else:
             parse = _parse_optional(kind) if optional else kind
-            parser.add_argument(*flags, dest=f.name, type=parse, default=default, help=help_text)
+            parser.add_argument(
+                *flags,
+                dest=f.name,
+                type=parse,
+                default=default,
+                choices=f.metadata.get("choices"),
+                help=help_text,
+            )
 
 
 def from_namespace(cls: type[T], ns: argparse.Namespace, **overrides: Any) -> T:

@@ -33,10 +33,10 @@ from stable_baselines3 import DQN
 from cutbg_env import MAX_EPISODE_STEPS, paths
 from cutbg_env.actions import CUT_ACTIONS, Action, apply_cut
 from cutbg_env.config import command_main
-from cutbg_env.core import CutWorld, Episode, new_episode, resolve_delta, step_episodes
+from cutbg_env.core import CutWorld, Episode, resolve_delta
 from cutbg_env.errors import CheckpointError
 from cutbg_env.io import write_json
-from evaluate.rollout import observes_score
+from evaluate.rollout import observes_score, rollout
 
 STEP_BANDS = ((0, 5), (5, 10), (10, MAX_EPISODE_STEPS))
 """Step ranges ``[lo, hi)`` the per-step rates are reported over."""
@@ -99,47 +99,53 @@ def cut_verdicts(world: CutWorld, episodes: Sequence[Episode]) -> np.ndarray:
 def diagnose(
     model: DQN, world: CutWorld, indices: Sequence[int], delta: float, chunk: int = 32
 ) -> dict:
-    """Replay the agent on ``indices`` and measure its cuts (see the module docstring)."""
-    score_obs = observes_score(model)
-    ends = {"stop": 0, "drop": 0, "step_limit": 0}
-    stop_with_valid_left = 0
+    """Replay the agent on ``indices`` and measure its cuts (see the module docstring).
+
+    The replay is :func:`~evaluate.rollout.rollout` itself (greedy Q actions); its step hook
+    scores all 12 cuts of each state before the agent's action is applied."""
+    last_q: list[np.ndarray] = []  # the Q-values of the batch the policy saw last
+
+    def policy(obs: dict[str, np.ndarray]) -> np.ndarray:
+        tensors = {k: torch.as_tensor(v, device=model.device) for k, v in obs.items()}
+        with torch.no_grad():
+            q = model.q_net(tensors).cpu().numpy()
+        last_q[:] = [q]
+        return q.argmax(1)
+
+    episodes: list[Episode] = []
     steps, base, chosen, aucs = [], [], [], []  # per state; chosen = NaN for STOP
-    for start in range(0, len(indices), chunk):
-        eps = [
-            new_episode(world, i, delta, 3.0, True, score_obs)
-            for i in indices[start : start + chunk]
-        ]
-        active = list(range(len(eps)))
-        while active:
-            batch = [eps[j] for j in active]
-            obs = [ep.obs(np.dtype(np.float32)) for ep in batch]
-            tensors = {
-                k: torch.as_tensor(np.stack([o[k] for o in obs]), device=model.device)
-                for k in obs[0]
-            }
-            with torch.no_grad():
-                q = model.q_net(tensors).cpu().numpy()
-            actions = q.argmax(1)
-            valid = cut_verdicts(world, batch)
-            for ep, qs, a, v in zip(batch, q, actions, valid, strict=True):
-                steps.append(ep.steps)
-                base.append(v.mean())
-                chosen.append(np.nan if a == Action.STOP else float(v[a]))
-                auc = ranking_auc(qs[: len(CUT_ACTIONS)], v)
-                if auc is not None:
-                    aucs.append(auc)
-                if a == Action.STOP:
-                    stop_with_valid_left += bool(v.any())
-            outcomes = step_episodes(world, batch, [Action(int(a)) for a in actions])
-            still = []
-            for j, a, (_, terminated) in zip(active, actions, outcomes, strict=True):
-                if terminated:
-                    ends["stop" if a == Action.STOP else "drop"] += 1
-                elif eps[j].steps >= MAX_EPISODE_STEPS:
-                    ends["step_limit"] += 1
-                else:
-                    still.append(j)
-            active = still
+    stop_with_valid_left = 0
+
+    def on_step(batch: list[Episode], actions: list[Action]) -> None:
+        nonlocal stop_with_valid_left
+        valid = cut_verdicts(world, batch)
+        for ep, qs, a, v in zip(batch, last_q[0], actions, valid, strict=True):
+            if ep.steps == 0:
+                episodes.append(ep)
+            steps.append(ep.steps)
+            base.append(v.mean())
+            chosen.append(np.nan if a is Action.STOP else float(v[a]))
+            auc = ranking_auc(qs[: len(CUT_ACTIONS)], v)
+            if auc is not None:
+                aucs.append(auc)
+            if a is Action.STOP:
+                stop_with_valid_left += bool(v.any())
+
+    rollout(
+        world,
+        indices,
+        policy,
+        delta,
+        chunk=chunk,
+        observe_score=observes_score(model),
+        on_step=on_step,
+    )
+    ends = {"stop": 0, "drop": 0, "step_limit": 0}
+    for ep in episodes:
+        if not ep.done:
+            ends["step_limit"] += 1
+        else:
+            ends["stop" if ep.history[0].argmax() == Action.STOP else "drop"] += 1
     steps_a, base_a, chosen_a = np.asarray(steps), np.asarray(base), np.asarray(chosen)
     bands = []
     for lo, hi in STEP_BANDS:

@@ -14,6 +14,9 @@ from cutbg_env.localize import Localization
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
 """Maps a batch of observations (``features (N, C, 7, 7)``, ``history (N, 4, 13)``) to
 ``(N,)`` int actions."""
+StepHook = Callable[[list[Episode], list[Action]], None]
+"""Called before each batched step with the live episodes and the actions about to be applied
+(e.g. to score other actions from the same states); it must not change the episodes."""
 
 
 def rollout(
@@ -26,10 +29,14 @@ def rollout(
     chunk: int = 64,
     obs_dtype: str = "float32",
     observe_score: bool = False,
+    on_step: StepHook | None = None,
 ) -> list[tuple[Localization, list]]:
     """Run one episode per image, ``chunk`` images per batched forward.
 
     ``observe_score`` adds the env's ``"score"`` observation (needed by agents trained with it).
+    ``on_step`` sees every step before it is applied (see :data:`StepHook`). An episode ended by
+    the env has ``done`` set (by STOP when its last action, ``history[0]``, is STOP; by a cut
+    past δ otherwise); one that is not ``done`` hit ``max_steps``.
 
     Returns, per image, the localization (the episode's last valid crop, i.e. the last crop
     whose drop stayed ≤ δ, and its classifier calls) and the trail of crops (for figures).
@@ -47,7 +54,10 @@ def rollout(
             batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
             actions = np.asarray(policy(batch)).reshape(-1)
             acts = [Action(int(a)) for a in actions]
-            outcomes = step_episodes(world, [eps[j] for j in active], acts)
+            live = [eps[j] for j in active]
+            if on_step is not None:
+                on_step(live, acts)
+            outcomes = step_episodes(world, live, acts)
             still = [
                 j
                 for j, (_, terminated) in zip(active, outcomes, strict=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -37,6 +37,7 @@ from evaluate.metrics import average_precision, corloc, plot_pr_curve, precision
 from evaluate.refine import heatmap_box, refine
 from evaluate.rollout import observes_score, random_policy, rollout, sb3_policy
 from train.agent import REFINEMENT_FILE
+from train.calibrate import Setting, parse_setting, pooled_setting, setting_key
 from train.common import check_class, log, open_split, relpath, splits
 
 METHODS = (
@@ -48,6 +49,10 @@ METHODS = (
     "exhaustive",
     "greedy_cut",
 )
+
+
+REFINEMENT_RULES = ("pooled", "own")
+"""How :class:`EvalArgs` picks the refinement's heat-map setting (see :func:`agent_settings`)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class EvalArgs:
     """Images per class drawn as cutting-process / refinement figures."""
     out: str = "results"
     """Output folder."""
+    refinement: str = field(default="pooled", metadata={"choices": REFINEMENT_RULES})
+    """Heat-map setting of heatmap and agent_refined: pooled (one for all classes) or own."""
     seed: int = 0
     """Seed of the random agent."""
     device: str = "cpu"
@@ -82,29 +89,66 @@ def _agent_path(dataset: str, cls: str) -> Path:
     return paths.agent_dir(dataset, cls) / "agent.zip"
 
 
-def refinement_setting(dataset: str, cls: str, calib: dict) -> tuple[str, str, float]:
+def _agent_refinement(dataset: str, cls: str) -> dict | None:
+    """The agent's ``refinement.json`` (``None`` when there is none)."""
+    path = paths.agent_dir(dataset, cls) / REFINEMENT_FILE
+    if not path.is_file():
+        return None
+    try:
+        own = json.loads(path.read_text())
+        hits = own.get("validation", {}).get("hits")
+        own["setting"] = (
+            str(own["heatmap_layer"]),
+            str(own.get("heatmap_region", "peak")),
+            float(own["heatmap_threshold"]),
+        )
+        if hits is not None:
+            own["hits"] = {setting_key(parse_setting(k)): int(v) for k, v in hits.items()}
+        return own
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path} is unreadable ({exc!r}): delete it or retrain with `make train CLASS={cls}`"
+        ) from exc
+
+
+def refinement_setting(dataset: str, cls: str, calib: dict) -> Setting:
     """Heat-map ``(layer, region, threshold)`` of a class: the agent's own choice
     (``runs/<dataset>/<class>/refinement.json``, written after training) when there is one, else
     the calibration's (chosen on greedy boxes), else ``("mid", "peak", 0.5)``."""
-    path = paths.agent_dir(dataset, cls) / REFINEMENT_FILE
-    if path.is_file():
-        try:
-            own = json.loads(path.read_text())
-            return (
-                str(own["heatmap_layer"]),
-                str(own.get("heatmap_region", "peak")),
-                float(own["heatmap_threshold"]),
-            )
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"{path} is unreadable ({exc!r}): delete it or retrain with "
-                f"`make train CLASS={cls}`"
-            ) from exc
+    own = _agent_refinement(dataset, cls)
+    if own is not None:
+        return own["setting"]
     return (
         str(calib.get("heatmap_layer", {}).get(cls, "mid")),
         str(calib.get("heatmap_region", {}).get(cls, "peak")),
         float(calib.get("heatmap_threshold", {}).get(cls, 0.5)),
     )
+
+
+def agent_settings(
+    dataset: str, classes: list[str], calib: dict, rule: str = "pooled"
+) -> tuple[dict[str, Setting], str]:
+    """The refinement setting of each class, and a line saying how it was chosen.
+
+    ``own``: each class's :func:`refinement_setting`. ``pooled``: one setting for every class,
+    :func:`~train.calibrate.pooled_setting` over the validation hit tables in the agents'
+    ``refinement.json``; when a class has no table (an agent trained before the tables were
+    written), every class keeps its own setting and the line says so.
+    """
+    if rule not in REFINEMENT_RULES:
+        raise ValueError(f"refinement={rule!r}: expected one of {REFINEMENT_RULES}")
+    own = {c: refinement_setting(dataset, c, calib) for c in classes}
+    if rule == "own":
+        return own, "each agent's own setting"
+    tables = {c: (_agent_refinement(dataset, c) or {}).get("hits") for c in classes}
+    missing = [c for c, t in tables.items() if t is None]
+    if missing:
+        return own, (
+            f"each agent's own setting: no validation table for {', '.join(missing)} "
+            f"(retrain with `make train CLASS={missing[0]}` to pool)"
+        )
+    pooled = pooled_setting(t for t in tables.values() if t is not None)
+    return {c: pooled for c in classes}, f"pooled over {', '.join(classes)}"
 
 
 def _windows(n: int) -> np.ndarray:
@@ -115,13 +159,18 @@ def _windows(n: int) -> np.ndarray:
 
 
 def evaluate_class(
-    args: EvalArgs, world: CutWorld, cls: str, indices: list[int], figdir: Path
+    args: EvalArgs,
+    world: CutWorld,
+    cls: str,
+    indices: list[int],
+    figdir: Path,
+    setting: Setting,
 ) -> dict[str, dict]:
-    """Boxes, calls and seconds of every method for one class on ``indices``."""
+    """Boxes, calls and seconds of every method for one class on ``indices``; ``setting`` is
+    the heat-map ``(layer, region, threshold)`` of ``heatmap`` and ``agent_refined``."""
     data = world.data
-    calib = load_calibration(args.dataset)
     delta = resolve_delta(args.dataset, cls, None)
-    layer, region, thr = refinement_setting(args.dataset, cls, calib)
+    layer, region, thr = setting
     agent_zip = _agent_path(args.dataset, cls)
     model = DQN.load(agent_zip, device=args.device)
     sizes = {i: (data.annotation(i).width, data.annotation(i).height) for i in indices}
@@ -232,12 +281,16 @@ def run(args: EvalArgs) -> dict:
     table: dict[str, dict] = {
         m: {"ap": {}, "ap07": {}, "corloc": {}, "calls": [], "secs": []} for m in METHODS
     }
+    settings, how = agent_settings(
+        args.dataset, classes, load_calibration(args.dataset), args.refinement
+    )
+    log(f"refinement heat-map: {how}")
     for cls in classes:
         world = CutWorld(
             args.dataset, split, cls, root=args.root, device=args.device, model=model, data=data
         )
         log(f"evaluating {cls} on {len(indices)} {split} images")
-        res = evaluate_class(args, world, cls, indices, out / "figures")
+        res = evaluate_class(args, world, cls, indices, out / "figures", settings[cls])
         gt = {i: data.gt_boxes(i, cls) for i in indices}
         gt_pos = {i: g for i, g in gt.items() if g}
         for m, r in res.items():
@@ -260,6 +313,10 @@ def run(args: EvalArgs) -> dict:
         "classes": classes,
         "images": len(indices),
         "args": dataclasses.asdict(args),
+        "refinement": {
+            "rule": how,
+            "settings": {c: setting_key(settings[c]) for c in classes},
+        },
     }
     for m in METHODS:
         t = table[m]
@@ -300,4 +357,12 @@ def markdown_table(result: dict) -> str:
             + " | ".join(f"{r['ap'][c]:.1f}" for c in classes)
             + " |"
         )
+    ref = result.get("refinement")
+    if ref:
+        chosen = ", ".join(f"{c} {k}" for c, k in ref["settings"].items())
+        lines += [
+            "",
+            f"Heat-map (layer/region/threshold) of heatmap and agent_refined: {chosen} "
+            f"({ref['rule']}).",
+        ]
     return "\n".join(lines) + "\n"

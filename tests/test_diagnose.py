@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from cutbg_env.actions import CUT_ACTIONS, apply_cut
-from cutbg_env.core import CutWorld, new_episode, resolve_delta
+from cutbg_env.actions import CUT_ACTIONS, Action, apply_cut
+from cutbg_env.core import CutWorld, Episode, new_episode, resolve_delta
+from cutbg_env.geometry import FULL_CROP
 from evaluate.diagnose import cut_verdicts, diagnose, ranking_auc
 from evaluate.diagnose import main as diagnose_main
 from evaluate.rollout import observes_score, rollout, sb3_policy
@@ -88,3 +89,24 @@ def test_diagnose_without_agent_names_the_command(
 ) -> None:
     assert diagnose_main(["--class", "cat"]) == 2
     assert "make train CLASS=cat" in capsys.readouterr().err
+
+
+def test_rollout_hook_sees_each_state_before_its_step(tiny_pipeline: dict) -> None:
+    model = tiny_pipeline["model"]
+    world = CutWorld("animals", "trainval", "dog")
+    delta = resolve_delta("animals", "dog", None)
+    seen: dict[int, list[tuple[int, tuple, Action]]] = {}
+
+    def hook(episodes: list[Episode], actions: list[Action]) -> None:
+        for ep, a in zip(episodes, actions, strict=True):
+            seen.setdefault(ep.index, []).append((ep.steps, ep.crop, a))
+
+    kw = {"observe_score": observes_score(model), "chunk": 4}
+    out = rollout(world, world.positives, sb3_policy(model), delta, on_step=hook, **kw)
+    ref = rollout(world, world.positives, sb3_policy(model), delta, **kw)
+    assert [loc for loc, _ in out] == [loc for loc, _ in ref]  # watching changes nothing
+    for i, (loc, trail) in zip(world.positives, out, strict=True):
+        states = seen[i]
+        assert [s for s, _, _ in states] == list(range(loc.steps))  # every step, before it
+        assert states[0][1] == FULL_CROP
+        assert {c for _, c, _ in states} <= set(trail)

@@ -9,6 +9,7 @@ import pytest
 from cutbg_env.errors import CheckpointError
 from evaluate.__main__ import main as eval_main
 from evaluate.run import METHODS, EvalArgs, run
+from train.agent import REFINEMENT_FILE
 
 
 def test_eval_writes_every_method_and_file(tiny_pipeline: dict) -> None:
@@ -44,6 +45,11 @@ def test_eval_writes_every_method_and_file(tiny_pipeline: dict) -> None:
     assert all(f"| {m} |" in md for m in METHODS)
     assert len(list((out / "figures").glob("dog_*.png"))) >= 1
     assert result["agent"]["map"] == saved["agent"]["map"]
+    # one class: pooling its own validation table gives its own choice
+    own = json.loads((tiny_pipeline["agent"].parent / REFINEMENT_FILE).read_text())
+    key = f"{own['heatmap_layer']}/{own['heatmap_region']}/{own['heatmap_threshold']:g}"
+    assert saved["refinement"] == {"rule": "pooled over dog", "settings": {"dog": key}}
+    assert f"dog {key} (pooled over dog)" in md
 
 
 def test_eval_without_agent_names_the_command(tiny_pipeline: dict) -> None:
@@ -55,6 +61,15 @@ def test_eval_cli_error_is_one_line(tiny_pipeline: dict, capsys: pytest.CaptureF
     assert eval_main(["--classes", "aeroplane"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: 'aeroplane' is not a class") and "Traceback" not in err
+
+
+def test_eval_refinement_rule_is_checked(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main(["--refinement", "best"])
+    assert exit_info.value.code == 2
+    assert "--refinement: invalid choice: 'best' (choose from 'pooled', 'own')" in (
+        capsys.readouterr().err
+    )
 
 
 def test_returns_compares_agent_and_random(

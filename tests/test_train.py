@@ -23,7 +23,14 @@ from train.agent import (
     fit_agent,
     make_vec_env,
 )
-from train.calibrate import best_setting, delta_from_drops, validation_subset
+from train.calibrate import (
+    best_setting,
+    delta_from_drops,
+    parse_setting,
+    pooled_setting,
+    setting_key,
+    validation_subset,
+)
 
 
 def test_classifier_checkpoint_and_results(tiny_pipeline: dict) -> None:
@@ -222,6 +229,11 @@ def test_agent_chooses_its_refinement(tiny_pipeline: dict) -> None:
     assert 0.0 < own["heatmap_threshold"] < 1.0
     assert own["validation"]["images"] >= 1
     assert 0.0 <= own["validation"]["agent_refined_corloc"] <= 100.0
+    hits, n = own["validation"]["hits"], own["validation"]["images"]
+    assert len(hits) == 36 and all(0 <= h <= n for h in hits.values())  # 2 layers × 2 regions × 9
+    key = setting_key((own["heatmap_layer"], own["heatmap_region"], own["heatmap_threshold"]))
+    assert hits[key] == max(hits.values())
+    assert 100 * hits[key] / n == pytest.approx(own["validation"]["agent_refined_corloc"])
     calib = {
         "heatmap_layer": {"dog": "senior"},
         "heatmap_region": {"dog": "mass"},
@@ -316,3 +328,79 @@ def test_branches_and_validity_head_train_and_reload(tiny_pipeline: dict, tmp_pa
     model.replay_buffer = SimpleNamespace(sample=lambda *a, **k: batch)  # type: ignore[assignment]
     model.train(gradient_steps=1, batch_size=32)
     assert model.logger.name_to_value["train/loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_pooled_setting_sums_validation_hits_over_classes() -> None:
+    dog = {"mid/peak/0.5": 7, "mid/mass/0.4": 5}  # dog alone would pick peak
+    cat = {"mid/peak/0.5": 2, "mid/mass/0.4": 6}
+    assert pooled_setting([dog, cat]) == ("mid", "mass", 0.4)  # 11 hits against 9
+    assert pooled_setting([dog]) == ("mid", "peak", 0.5)
+    # ties go to the lower threshold; a setting missing from a table counts 0 there
+    assert pooled_setting([{"mid/mass/0.4": 3, "mid/mass/0.3": 3}]) == ("mid", "mass", 0.3)
+    assert pooled_setting([{"senior/peak/0.2": 4}, {"mid/mass/0.4": 3}]) == ("senior", "peak", 0.2)
+
+
+def test_setting_keys_round_trip_and_name_bad_keys() -> None:
+    assert setting_key(("mid", "mass", 0.4)) == "mid/mass/0.4"
+    assert parse_setting("senior/peak/0.3") == ("senior", "peak", 0.3)
+    with pytest.raises(ValueError, match=r"'mid/mass': expected 'layer/region/threshold'"):
+        parse_setting("mid/mass")
+    with pytest.raises(ValueError, match=r"'mid/mass/high': expected"):
+        parse_setting("mid/mass/high")
+    with pytest.raises(ValueError, match=r"'deep/mass/0.4': layer must be one of"):
+        parse_setting("deep/mass/0.4")
+    with pytest.raises(ValueError, match="no validation table"):
+        pooled_setting([])
+
+
+def test_evaluation_pools_the_agents_refinement_or_keeps_their_own(tiny_pipeline: dict) -> None:
+    from evaluate.run import agent_settings
+
+    dog = json.loads((tiny_pipeline["agent"].parent / REFINEMENT_FILE).read_text())
+    dog_own = (dog["heatmap_layer"], dog["heatmap_region"], dog["heatmap_threshold"])
+    cat_file = tiny_pipeline["agent"].parent.parent / "cat" / REFINEMENT_FILE
+    cat = {
+        "heatmap_layer": "senior",
+        "heatmap_region": "mass",
+        "heatmap_threshold": 0.9,
+        "validation": {"images": 100, "hits": {"senior/mass/0.9": 100}},
+    }
+    cat_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        cat_file.write_text(json.dumps(cat))
+        pooled, how = agent_settings("animals", ["dog", "cat"], {}, "pooled")
+        # cat's 100 hits outweigh anything dog's 6 images can give
+        assert pooled == {"dog": ("senior", "mass", 0.9), "cat": ("senior", "mass", 0.9)}
+        assert how == "pooled over dog, cat"
+        own, how = agent_settings("animals", ["dog", "cat"], {}, "own")
+        assert own == {"dog": dog_own, "cat": ("senior", "mass", 0.9)}
+        assert how == "each agent's own setting"
+        del cat["validation"]["hits"]  # an agent trained before the tables: no pooling
+        cat_file.write_text(json.dumps(cat))
+        kept, how = agent_settings("animals", ["dog", "cat"], {}, "pooled")
+        assert kept == own and "no validation table for cat" in how and "CLASS=cat" in how
+        cat["validation"]["hits"] = {"mid/mass": 3}
+        cat_file.write_text(json.dumps(cat))
+        with pytest.raises(CheckpointError, match=r"cat.*refinement\.json is unreadable"):
+            agent_settings("animals", ["dog", "cat"], {}, "pooled")
+        with pytest.raises(ValueError, match=r"refinement='best': expected one of"):
+            agent_settings("animals", ["dog"], {}, "best")
+    finally:
+        cat_file.unlink(missing_ok=True)
+
+
+def test_refinement_command_rechooses_the_same_setting(
+    tiny_pipeline: dict, capsys: pytest.CaptureFixture
+) -> None:
+    path = tiny_pipeline["agent"].parent / REFINEMENT_FILE
+    before = json.loads(path.read_text())
+    path.unlink()
+    try:
+        assert train_main(["refinement", "--class", "dog"]) == 0
+        # same agent, same δ (from its config.json), same validation images: the same file
+        assert json.loads(path.read_text()) == before
+    finally:
+        path.write_text(json.dumps(before))
+    assert train_main(["refinement", "--class", "cat"]) == 2
+    err = capsys.readouterr().err
+    assert "no trained agent at" in err and "make train CLASS=cat" in err

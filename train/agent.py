@@ -457,11 +457,18 @@ def choose_refinement(model: DQN, world: CutWorld, delta: float, path: Path) -> 
     boxes are looser than those, and the refinement is there to tighten them. So, after training,
     the agent runs on the calibration's default validation subset (the only images whose boxes
     training may use) and the setting with the best refined CorLoc is written to ``path``, which
-    evaluation prefers over the calibration file. Returns the written dict (``None`` when no
-    validation image contains the class).
+    evaluation prefers over the calibration file, with every setting's hit count
+    (``validation.hits``), which evaluation pools over classes (``--refinement pooled``). Returns
+    the written dict (``None`` when no validation image contains the class).
     """
     from evaluate.rollout import observes_score, rollout, sb3_policy
-    from train.calibrate import CalibrateArgs, best_setting, refinement_scores, validation_images
+    from train.calibrate import (
+        CalibrateArgs,
+        best_setting,
+        refinement_scores,
+        setting_key,
+        validation_images,
+    )
 
     images = validation_images(world, CalibrateArgs.fraction, CalibrateArgs.seed)
     if not images:
@@ -476,7 +483,11 @@ def choose_refinement(model: DQN, world: CutWorld, delta: float, path: Path) -> 
         "heatmap_layer": layer,
         "heatmap_region": region,
         "heatmap_threshold": thr,
-        "validation": {"images": len(images), "agent_refined_corloc": best},
+        "validation": {
+            "images": len(images),
+            "agent_refined_corloc": best,
+            "hits": {setting_key(k): round(v * len(images)) for k, v in scores.items()},
+        },
         "rule": "best refined CorLoc of the agent's boxes on the calibration's validation subset",
     }
     write_json(path, result)
@@ -485,6 +496,53 @@ def choose_refinement(model: DQN, world: CutWorld, delta: float, path: Path) -> 
         f"{len(images)} validation images) -> {relpath(path)}"
     )
     return result
+
+
+@dataclass(frozen=True)
+class RefinementArgs:
+    """Re-choose a trained agent's refinement setting (refinement.json) without retraining it."""
+
+    class_name: str = field(default="dog", metadata={"flags": ("--class",)})
+    """Class of the agent."""
+    dataset: str = "animals"
+    """Dataset: animals (embedded), voc2007, voc2012 or a VOC-layout folder."""
+    root: str | None = None
+    """Dataset folder overriding the default location of ``dataset``."""
+    checkpoint: str | None = None
+    """Classifier checkpoint (default: runs/<dataset>/classifier.pt)."""
+    out: str | None = None
+    """Run folder of the agent (default: runs/<dataset>/<class>)."""
+    device: str = "cpu"
+    """Torch device."""
+
+
+def rechoose_refinement(args: RefinementArgs) -> dict | None:
+    """Run :func:`choose_refinement` again for a trained agent (e.g. one trained before
+    ``refinement.json`` held the validation table), at the δ it was trained with."""
+    run_dir = Path(args.out) if args.out else paths.agent_dir(args.dataset, args.class_name)
+    zip_path = run_dir / "agent.zip"
+    if not zip_path.is_file():
+        raise CheckpointError(
+            f"no trained agent at {zip_path}: train one with `make train CLASS={args.class_name}`"
+        )
+    train_split, _ = splits(args.dataset)
+    data = open_split(args.dataset, args.root, train_split)
+    check_class(data, args.class_name, args.dataset)
+    try:
+        delta = float(json.loads((run_dir / "config.json").read_text())["delta"])
+    except (OSError, ValueError, KeyError, TypeError):
+        delta = resolve_delta(args.dataset, args.class_name, None)
+    world = CutWorld(
+        args.dataset,
+        train_split,
+        args.class_name,
+        args.checkpoint,
+        args.root,
+        args.device,
+        data=data,
+    )
+    model = DQN.load(zip_path, device=args.device)
+    return choose_refinement(model, world, delta, run_dir / REFINEMENT_FILE)
 
 
 def train_agent(args: AgentArgs) -> Path:

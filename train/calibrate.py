@@ -144,6 +144,54 @@ def best_setting(
     )
 
 
+Setting = tuple[str, str, float]
+"""A refinement setting: heat-map ``(layer, region, threshold)``."""
+
+
+def setting_key(setting: Setting) -> str:
+    """``("mid", "mass", 0.4)`` → ``"mid/mass/0.4"`` (the JSON key of a setting)."""
+    layer, region, thr = setting
+    return f"{layer}/{region}/{float(thr):g}"
+
+
+def parse_setting(key: str) -> Setting:
+    """Inverse of :func:`setting_key`; raises ``ValueError`` naming a malformed key."""
+    parts = key.split("/")
+    try:
+        layer, region, thr = parts
+        setting = (layer, region, float(thr))
+    except ValueError:
+        raise ValueError(f"refinement setting {key!r}: expected 'layer/region/threshold'") from None
+    if layer not in HEATMAP_LAYERS or region not in HEATMAP_REGIONS:
+        raise ValueError(
+            f"refinement setting {key!r}: layer must be one of {HEATMAP_LAYERS} and region one "
+            f"of {HEATMAP_REGIONS}"
+        )
+    return setting
+
+
+def pooled_setting(hits: Iterable[dict[str, int]]) -> Setting:
+    """One refinement setting for several classes: the best summed validation hits.
+
+    Args:
+        hits: per class, ``{setting_key: number of validation images whose refined box is a
+            CorLoc hit}``; settings missing from a class's table count 0 hits there.
+
+    The heat-map is class-agnostic (a sum over channels), so one setting can serve every class,
+    and pooling the classes' 15–25 validation images each is less noisy than choosing per class.
+    Ties as :func:`best_setting` (lower threshold, then layer, then region order).
+    """
+    total: dict[Setting, float] = {}
+    for table in hits:
+        for key, n in table.items():
+            s = parse_setting(key)
+            total[s] = total.get(s, 0.0) + float(n)
+    if not total:
+        raise ValueError("pooled_setting: no validation table to pool")
+    _, layer, region, thr = best_setting({(0.0, *s): v for s, v in total.items()})
+    return layer, region, thr
+
+
 def calibrate(args: CalibrateArgs) -> dict:
     """Calibrate and merge the result into ``runs/<dataset>/calibration.json``."""
     from cutbg_env.core import load_calibration
