@@ -113,8 +113,6 @@ def bench(args: BenchArgs) -> dict:
     with tempfile.TemporaryDirectory() as tmpdir:
         ckpt = _classifier(args, data.classes, Path(tmpdir))
         model, _ = load_classifier(ckpt, device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     world = CutWorld("animals", "trainval", args.class_name, device=args.device, model=model)
     world.precompute()
     cfg = model.config
