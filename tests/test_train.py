@@ -303,7 +303,6 @@ def test_branches_and_validity_head_train_and_reload(tiny_pipeline: dict, tmp_pa
     # the taken action + 2 branches per transition; SB3 does not store the step on which the
     # callback ends training
     assert stored == 3 * (model.num_timesteps - args.n_envs)
-    # loss = Huber(Q(s, a), Double-DQN target) + BCE(ℓ_a, r > 0) over the sampled cuts
     loaded = DQN.load(path)  # the saved agent needs no custom class at load time
     assert isinstance(loaded.q_net, ValidityQNetwork)
     obs = {k: torch.as_tensor(v[None]).float() for k, v in model.observation_space.sample().items()}
@@ -404,3 +403,23 @@ def test_refinement_command_rechooses_the_same_setting(
     assert train_main(["refinement", "--class", "cat"]) == 2
     err = capsys.readouterr().err
     assert "no trained agent at" in err and "make train CLASS=cat" in err
+
+
+def test_average_last_saves_the_mean_of_the_last_epochs(
+    tiny_pipeline: dict, tmp_path: Path
+) -> None:
+    import torch
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    args = dataclasses.replace(tiny_pipeline["args"], epochs=3, average_last=2, out=str(tmp_path))
+    _, path = fit_agent(args)
+    saved = load_from_zip_file(path)[1]["policy"]
+    epochs = [
+        load_from_zip_file(tmp_path / "checkpoints" / f"epoch_{e:03d}.zip")[1]["policy"]
+        for e in (2, 3)
+    ]
+    for k, v in saved.items():
+        torch.testing.assert_close(v, (epochs[0][k] + epochs[1][k]) / 2)
+    assert not torch.equal(saved["q_net.q_net.0.weight"], epochs[1]["q_net.q_net.0.weight"])
+    with pytest.raises(ValueError, match=r"average_last=4: expected 0..3"):
+        fit_agent(dataclasses.replace(args, average_last=4))
