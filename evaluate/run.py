@@ -115,7 +115,11 @@ def refinement_setting(dataset: str, cls: str, calib: dict) -> Setting:
     """Heat-map ``(layer, region, threshold)`` of a class: the agent's own choice
     (``runs/<dataset>/<class>/refinement.json``, written after training) when there is one, else
     the calibration's (chosen on greedy boxes), else ``("mid", "peak", 0.5)``."""
-    own = _agent_refinement(dataset, cls)
+    return _setting(_agent_refinement(dataset, cls), cls, calib)
+
+
+def _setting(own: dict | None, cls: str, calib: dict) -> Setting:
+    """:func:`refinement_setting` from an already read ``refinement.json`` (or ``None``)."""
     if own is not None:
         return own["setting"]
     return (
@@ -137,10 +141,11 @@ def agent_settings(
     """
     if rule not in REFINEMENT_RULES:
         raise ValueError(f"refinement={rule!r}: expected one of {REFINEMENT_RULES}")
-    own = {c: refinement_setting(dataset, c, calib) for c in classes}
+    files = {c: _agent_refinement(dataset, c) for c in classes}
+    own = {c: _setting(files[c], c, calib) for c in classes}
     if rule == "own":
         return own, "each agent's own setting"
-    tables = {c: (_agent_refinement(dataset, c) or {}).get("hits") for c in classes}
+    tables = {c: (files[c] or {}).get("hits") for c in classes}
     missing = [c for c, t in tables.items() if t is None]
     if missing:
         return own, (

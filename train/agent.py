@@ -549,7 +549,8 @@ def rechoose_refinement(args: RefinementArgs) -> dict | None:
     zip_path = run_dir / "agent.zip"
     if not zip_path.is_file():
         raise CheckpointError(
-            f"no trained agent at {zip_path}: train one with `make train CLASS={args.class_name}`"
+            f"no trained agent at {zip_path}: train one with `make train CLASS={args.class_name}"
+            + ("`" if args.dataset == "animals" else f" DATASET={args.dataset}`")
         )
     train_split, _ = splits(args.dataset)
     data = open_split(args.dataset, args.root, train_split)
@@ -655,12 +656,9 @@ def fit_agent(args: AgentArgs) -> tuple[DQN, Path]:
     )
     final = run_dir / "agent.zip"
     if args.average_last:
-        average_checkpoints(
-            model, run_dir, range(args.epochs - args.average_last + 1, args.epochs + 1)
-        )
-        log(
-            f"agent.zip = mean weights of epochs {args.epochs - args.average_last + 1}-{args.epochs}"
-        )
+        first = args.epochs - args.average_last + 1
+        average_checkpoints(model, run_dir, range(first, args.epochs + 1))
+        log(f"agent.zip = mean weights of epochs {first}-{args.epochs}")
     with atomic_path(final, suffix=".zip") as tmp:
         model.save(tmp)
     seconds = time.monotonic() - t0
