@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from stable_baselines3 import DQN
 
-from cutbg_env import MAX_EPISODE_STEPS, paths
+from cutbg_env import MAX_EPISODE_STEPS
 from cutbg_env.actions import CUT_ACTIONS, Action, apply_cut
 from cutbg_env.config import command_main
 from cutbg_env.core import CutWorld, Episode, resolve_delta
-from cutbg_env.errors import CheckpointError
 from cutbg_env.io import write_json
 from evaluate.rollout import observes_score, rollout
+from train.agent import trained_agent
 
 STEP_BANDS = ((0, 5), (5, 10), (10, MAX_EPISODE_STEPS))
 """Step ranges ``[lo, hi)`` the per-step rates are reported over."""
@@ -177,15 +177,7 @@ def _pct(x: float | None) -> str:
 
 def report(args: DiagnoseArgs) -> dict:
     """Run :func:`diagnose` for one class, write the JSON and print the table."""
-    zip_path = (
-        Path(args.agent)
-        if args.agent
-        else paths.agent_dir(args.dataset, args.class_name) / "agent.zip"
-    )
-    if not zip_path.is_file():
-        raise CheckpointError(
-            f"no trained agent at {zip_path}: train one with `make train CLASS={args.class_name}`"
-        )
+    zip_path = trained_agent(args.dataset, args.class_name, args.agent)
     model = DQN.load(zip_path, device="cpu")
     world = CutWorld(args.dataset, args.split, args.class_name, device=args.device)
     world.require_positives()

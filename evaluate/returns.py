@@ -16,11 +16,10 @@ import numpy as np
 from stable_baselines3 import DQN
 
 import cutbg_env  # noqa: F401 - registers the env
-from cutbg_env import paths
 from cutbg_env.config import command_main
-from cutbg_env.errors import CheckpointError
 from cutbg_env.geometry import iou
 from evaluate.rollout import observes_score
+from train.agent import trained_agent
 
 
 @dataclass(frozen=True)
@@ -56,10 +55,7 @@ def episode_stats(env: gym.Env, n: int, act) -> tuple[float, float]:
 
 def report(args: ReturnsArgs) -> None:
     """Print the agent's and a random agent's mean return and final IoU."""
-    zip_path = paths.agent_dir(args.dataset, args.class_name) / "agent.zip"
-    if not zip_path.is_file():
-        raise CheckpointError(f"{zip_path} does not exist: `make train CLASS={args.class_name}`")
-    model = DQN.load(zip_path)
+    model = DQN.load(trained_agent(args.dataset, args.class_name))
     env = gym.make(
         "CutBackground-v0",
         dataset=args.dataset,

@@ -472,6 +472,20 @@ def policy_kwargs(args: AgentArgs) -> dict[str, Any]:
     }
 
 
+def trained_agent(dataset: str, class_name: str, path: str | Path | None = None) -> Path:
+    """The zip of a trained agent: ``path``, else ``runs/<dataset>/<class>/agent.zip``.
+
+    Raises :class:`CheckpointError` naming the file and the command that trains it when the
+    file does not exist."""
+    zip_path = Path(path) if path else paths.agent_dir(dataset, class_name) / "agent.zip"
+    if not zip_path.is_file():
+        suffix = "" if dataset == "animals" else f" DATASET={dataset}"
+        raise CheckpointError(
+            f"no trained agent at {zip_path}: train one with `make train CLASS={class_name}{suffix}`"
+        )
+    return zip_path
+
+
 REFINEMENT_FILE = "refinement.json"
 """Per-agent heat-map layer, region and threshold, chosen on the agent's own validation boxes."""
 
@@ -546,12 +560,7 @@ def rechoose_refinement(args: RefinementArgs) -> dict | None:
     """Run :func:`choose_refinement` again for a trained agent (e.g. one trained before
     ``refinement.json`` held the validation table), at the δ it was trained with."""
     run_dir = Path(args.out) if args.out else paths.agent_dir(args.dataset, args.class_name)
-    zip_path = run_dir / "agent.zip"
-    if not zip_path.is_file():
-        raise CheckpointError(
-            f"no trained agent at {zip_path}: train one with `make train CLASS={args.class_name}"
-            + ("`" if args.dataset == "animals" else f" DATASET={args.dataset}`")
-        )
+    zip_path = trained_agent(args.dataset, args.class_name, run_dir / "agent.zip")
     train_split, _ = splits(args.dataset)
     data = open_split(args.dataset, args.root, train_split)
     check_class(data, args.class_name, args.dataset)
