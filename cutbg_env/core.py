@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cutbg_env import paths
-from cutbg_env.actions import N_ACTIONS, Action, apply_cut
+from cutbg_env.actions import CUT_ACTIONS, N_ACTIONS, Action, apply_cut
 from cutbg_env.backbone import Classifier, load_classifier, preprocess
 from cutbg_env.data import VOCDataset, resolve_dataset
 from cutbg_env.errors import DataError
@@ -105,6 +105,7 @@ class CutWorld:
         self.cache_dtype = getattr(torch, cache_dtype)
         self._cache: dict[int, torch.Tensor] = {}
         self._full: dict[int, tuple[np.ndarray, float]] = {}
+        self._heat: dict[int, np.ndarray] = {}
         self.amp = self.device.type == "cuda"
         self.param_dtype = next(model.parameters()).dtype
         # Zero-padded crops drive many activations to subnormal floats, which run several times
@@ -178,6 +179,17 @@ class CutWorld:
         scores = 1.0 / (1.0 + np.exp(-logits.cpu().numpy().astype(np.float64)))
         return features, scores
 
+    def heat_integral(self, index: int) -> np.ndarray:
+        """Summed-area table of the image's sum-pooled mid-level heat-map (paper §2.3: the sum
+        over channels of the 28×28 map), cached: ``(29, 29)`` float64, ``S[y, x]`` = the mass of
+        cells ``[0, y) × [0, x)``; see :func:`cut_mass`."""
+        if index not in self._heat:
+            heat = self.mid_maps([index])[0].float().sum(0).clamp_min(0).cpu().double().numpy()
+            table = np.zeros((heat.shape[0] + 1, heat.shape[1] + 1))
+            table[1:, 1:] = heat.cumsum(0).cumsum(1)
+            self._heat[index] = table
+        return self._heat[index]
+
     def full(self, indices: Sequence[int]) -> tuple[list[np.ndarray], list[float]]:
         """Senior features and score ``p̄`` of whole maps, computed once per image and cached
         (they are the same every episode). Returns per index ``(C_top, 7, 7)`` float32 features
@@ -231,6 +243,34 @@ class ImageSampler:
         return self._order.pop()
 
 
+def _mass(table: np.ndarray, crop: Crop) -> float:
+    x0, y0, x1, y1 = crop
+    return float(table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0])
+
+
+def cut_mass(table: np.ndarray, crop: Crop) -> np.ndarray:
+    """Share of the crop's heat-map mass that each cut would remove.
+
+    Args:
+        table: ``(29, 29)`` summed-area table of a non-negative 28×28 heat-map
+            (:meth:`CutWorld.heat_integral`).
+        crop: the current ``(x0, y0, x1, y1)`` grid crop.
+
+    Returns:
+        ``(12,)`` float32 in ``[0, 1]``, in :data:`~cutbg_env.actions.CUT_ACTIONS` order; 0 for a
+        cut that removes nothing, and all 0 when the crop holds no mass.
+    """
+    total = _mass(table, crop)
+    out = np.zeros(len(CUT_ACTIONS), dtype=np.float32)
+    if total <= 0:
+        return out
+    for k, action in enumerate(CUT_ACTIONS):
+        kept, removed = apply_cut(crop, action)
+        if removed:
+            out[k] = (total - _mass(table, kept)) / total
+    return np.clip(out, 0.0, 1.0)
+
+
 class Episode:
     """State and rules of one episode (paper eq. 1–2); see :class:`~cutbg_env.env.CutBackgroundEnv`.
 
@@ -249,9 +289,11 @@ class Episode:
         eta: float,
         terminate_on_drop: bool = True,
         observe_score: bool = False,
+        heat_table: np.ndarray | None = None,
     ) -> None:
         self.index, self.image_id = index, image_id
         self.observe_score = observe_score
+        self.heat_table = heat_table  # observe "cut_mass" when given
         self.height, self.width = image_size
         self.delta, self.eta, self.terminate_on_drop = delta, eta, terminate_on_drop
         self.crop: Crop = FULL_CROP
@@ -317,6 +359,8 @@ class Episode:
         }
         if self.observe_score:
             obs["score"] = np.asarray([self.p_crop, self.p_full - self.p_crop], dtype=dtype)
+        if self.heat_table is not None:
+            obs["cut_mass"] = cut_mass(self.heat_table, self.crop).astype(dtype)
         return obs
 
     def info(self) -> dict[str, Any]:
@@ -363,6 +407,7 @@ def new_episode(
     eta: float,
     terminate_on_drop: bool,
     observe_score: bool = False,
+    observe_cut_mass: bool = False,
 ) -> Episode:
     """Start an episode on dataset image ``index`` (its whole-map score comes from the cache)."""
     ann = world.data.annotation(index)
@@ -377,6 +422,7 @@ def new_episode(
         eta,
         terminate_on_drop,
         observe_score,
+        world.heat_integral(index) if observe_cut_mass else None,
     )
 
 

@@ -69,7 +69,7 @@ class BatchedCutBackgroundVecEnv(VecEnv):
         self.world = tpl.world
         self.delta, self.eta = tpl.delta, tpl.eta
         self.terminate_on_drop, self.obs_dtype = tpl.terminate_on_drop, tpl.obs_dtype
-        self.observe_score = tpl.observe_score
+        self.observe_score, self.observe_cut_mass = tpl.observe_score, tpl.observe_cut_mass
         self.max_episode_steps = max_episode_steps
         self.render_mode = tpl.render_mode
         super().__init__(n_envs, tpl.observation_space, tpl.action_space)
@@ -89,7 +89,13 @@ class BatchedCutBackgroundVecEnv(VecEnv):
         assert rng is not None
         index = self._samplers[i].pick(rng, options)
         ep = new_episode(
-            self.world, index, self.delta, self.eta, self.terminate_on_drop, self.observe_score
+            self.world,
+            index,
+            self.delta,
+            self.eta,
+            self.terminate_on_drop,
+            self.observe_score,
+            self.observe_cut_mass,
         )
         self._episodes[i] = ep
         return ep

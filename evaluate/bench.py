@@ -166,6 +166,7 @@ def bench(args: BenchArgs) -> dict:
         n_envs,
         world=world,
         observe_score=agent_args.observe_score,
+        observe_cut_mass=agent_args.observe_cut_mass,
         branches=agent_args.branches,
         **kwargs,
     )
@@ -188,17 +189,17 @@ def bench(args: BenchArgs) -> dict:
     _sync(device)
     dqn_rate = steps / (time.perf_counter() - t0)
     # localization latency, one image at a time
-    from evaluate.rollout import observes_score, rollout, sb3_policy
+    from evaluate.rollout import observation_options, rollout, sb3_policy
 
     images = world.positives[:20]
     trained = paths.agent_dir("animals", args.class_name) / "agent.zip"
     use_trained = device.type == "cpu" and trained.is_file() and not args.checkpoint
     agent = DQN.load(trained, device=args.device) if use_trained else dqn
-    policy, with_score = sb3_policy(agent), observes_score(agent)
-    rollout(world, images[:2], policy, 0.1, chunk=1, observe_score=with_score)
+    policy, options = sb3_policy(agent), observation_options(agent)
+    rollout(world, images[:2], policy, 0.1, chunk=1, **options)
     _sync(device)
     t0 = time.perf_counter()
-    res = rollout(world, images, policy, 0.1, chunk=1, observe_score=with_score)
+    res = rollout(world, images, policy, 0.1, chunk=1, **options)
     _sync(device)
     agent_ms = 1000 * (time.perf_counter() - t0) / len(images)
     windows = exhaustive_windows()

@@ -35,7 +35,7 @@ from cutbg_env.actions import CUT_ACTIONS, Action, apply_cut
 from cutbg_env.config import command_main
 from cutbg_env.core import CutWorld, Episode, resolve_delta
 from cutbg_env.io import write_json
-from evaluate.rollout import observes_score, rollout
+from evaluate.rollout import observation_options, rollout
 from train.agent import trained_agent
 
 STEP_BANDS = ((0, 5), (5, 10), (10, MAX_EPISODE_STEPS))
@@ -137,7 +137,7 @@ def diagnose(
         policy,
         delta,
         chunk=chunk,
-        observe_score=observes_score(model),
+        **observation_options(model),
         on_step=on_step,
     )
     ends = {"stop": 0, "drop": 0, "step_limit": 0}

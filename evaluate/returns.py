@@ -18,7 +18,7 @@ from stable_baselines3 import DQN
 import cutbg_env  # noqa: F401 - registers the env
 from cutbg_env.config import command_main
 from cutbg_env.geometry import iou
-from evaluate.rollout import observes_score
+from evaluate.rollout import observation_options
 from train.agent import trained_agent
 
 
@@ -61,7 +61,7 @@ def report(args: ReturnsArgs) -> None:
         dataset=args.dataset,
         split=args.split,
         class_name=args.class_name,
-        observe_score=observes_score(model),
+        **observation_options(model),
     )
     n = len(env.unwrapped.world.positives)  # type: ignore[attr-defined]
     rng = np.random.default_rng(args.seed)

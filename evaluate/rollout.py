@@ -29,11 +29,13 @@ def rollout(
     chunk: int = 64,
     obs_dtype: str = "float32",
     observe_score: bool = False,
+    observe_cut_mass: bool = False,
     on_step: StepHook | None = None,
 ) -> list[tuple[Localization, list]]:
     """Run one episode per image, ``chunk`` images per batched forward.
 
-    ``observe_score`` adds the env's ``"score"`` observation (needed by agents trained with it).
+    ``observe_score`` and ``observe_cut_mass`` add the env's ``"score"`` and ``"cut_mass"``
+    observations (needed by agents trained with them: :func:`observation_options`).
     ``on_step`` sees every step before it is applied (see :data:`StepHook`). An episode ended by
     the env has ``done`` set (by STOP when its last action, ``history[0]``, is STOP; by a cut
     past δ otherwise); one that is not ``done`` hit ``max_steps``.
@@ -45,7 +47,7 @@ def rollout(
     out: list[tuple[Localization, list]] = []
     for start in range(0, len(indices), chunk):
         eps: list[Episode] = [
-            new_episode(world, i, delta, eta, True, observe_score)
+            new_episode(world, i, delta, eta, True, observe_score, observe_cut_mass)
             for i in indices[start : start + chunk]
         ]
         active = list(range(len(eps)))
@@ -74,10 +76,12 @@ def random_policy(seed: int) -> Policy:
     return lambda obs: rng.integers(0, len(Action), size=len(obs["history"]))
 
 
-def observes_score(model) -> bool:
-    """Whether an SB3 model was trained with the env's ``"score"`` observation
-    (``observe_score=True``); its rollouts must then provide it."""
-    return "score" in getattr(model.observation_space, "spaces", {})
+def observation_options(model) -> dict[str, bool]:
+    """The env's optional observations an SB3 model was trained with, as the keyword arguments
+    of :func:`rollout` (and of the env): ``{"observe_score": bool, "observe_cut_mass": bool}``;
+    its rollouts must provide them."""
+    keys = getattr(model.observation_space, "spaces", {})
+    return {"observe_score": "score" in keys, "observe_cut_mass": "cut_mass" in keys}
 
 
 def sb3_policy(model) -> Policy:

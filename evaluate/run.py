@@ -35,7 +35,7 @@ from cutbg_env.io import atomic_path, write_json, write_text
 from cutbg_env.localize import exhaustive, exhaustive_windows, greedy_cut, heatmaps
 from evaluate.metrics import average_precision, corloc, plot_pr_curve, precision_recall
 from evaluate.refine import heatmap_box, refine
-from evaluate.rollout import observes_score, random_policy, rollout, sb3_policy
+from evaluate.rollout import observation_options, random_policy, rollout, sb3_policy
 from train.agent import REFINEMENT_FILE
 from train.calibrate import Setting, parse_setting, pooled_setting, setting_key
 from train.common import check_class, log, open_split, relpath, splits
@@ -201,7 +201,7 @@ def evaluate_class(
     record("heatmap", {i: heat(i, FULL_CROP) for i in indices}, 1.0, time.perf_counter() - t)
     for name, policy in (("random_agent", random_policy(args.seed)), ("agent", sb3_policy(model))):
         t = time.perf_counter()
-        out = rollout(world, indices, policy, delta, observe_score=observes_score(model))
+        out = rollout(world, indices, policy, delta, **observation_options(model))
         secs = time.perf_counter() - t
         record(
             name,

@@ -13,7 +13,7 @@ from cutbg_env.core import CutWorld, Episode, new_episode, resolve_delta
 from cutbg_env.geometry import FULL_CROP
 from evaluate.diagnose import cut_verdicts, diagnose, ranking_auc
 from evaluate.diagnose import main as diagnose_main
-from evaluate.rollout import observes_score, rollout, sb3_policy
+from evaluate.rollout import observation_options, rollout, sb3_policy
 
 
 @pytest.mark.parametrize(
@@ -57,9 +57,7 @@ def test_diagnose_replays_the_env_rollout(tiny_pipeline: dict) -> None:
     world = CutWorld("animals", "trainval", "dog")
     delta = resolve_delta("animals", "dog", None)
     result = diagnose(model, world, world.positives, delta, chunk=4)
-    ref = rollout(
-        world, world.positives, sb3_policy(model), delta, observe_score=observes_score(model)
-    )
+    ref = rollout(world, world.positives, sb3_policy(model), delta, **observation_options(model))
     assert result["images"] == len(world.positives) == 6
     assert sum(result["ends"].values()) == 6
     assert result["states"] == sum(loc.steps for loc, _ in ref)  # same episodes, step for step
@@ -101,7 +99,7 @@ def test_rollout_hook_sees_each_state_before_its_step(tiny_pipeline: dict) -> No
         for ep, a in zip(episodes, actions, strict=True):
             seen.setdefault(ep.index, []).append((ep.steps, ep.crop, a))
 
-    kw = {"observe_score": observes_score(model), "chunk": 4}
+    kw = {**observation_options(model), "chunk": 4}
     out = rollout(world, world.positives, sb3_policy(model), delta, on_step=hook, **kw)
     ref = rollout(world, world.positives, sb3_policy(model), delta, **kw)
     assert [loc for loc, _ in out] == [loc for loc, _ in ref]  # watching changes nothing

@@ -781,6 +781,72 @@ def test_observe_score_adds_the_score_and_drop(world: CutWorld, env_kwargs: dict
     np.testing.assert_array_equal(obs_plain["features"], obs_score["features"])
 
 
+def test_cut_mass_on_a_hand_made_heat_map() -> None:
+    """Exact shares on a 28×28 map: uniform mass, mass in one row, an empty crop."""
+    from cutbg_env.core import cut_mass
+
+    def table(heat: np.ndarray) -> np.ndarray:
+        out = np.zeros((29, 29))
+        out[1:, 1:] = heat.cumsum(0).cumsum(1)
+        return out
+
+    uniform = cut_mass(table(np.ones((28, 28))), FULL_CROP)
+    np.testing.assert_allclose(uniform, np.tile([1 / 28, 2 / 28, 3 / 28], 4), rtol=1e-6)
+    row = np.zeros((28, 28))
+    row[0, 5:9] = 2.0  # all the mass in the top row, columns 5..8
+    crop = (4, 0, 10, 28)
+    shares = dict(zip(CUT_ACTIONS, cut_mass(table(row), crop), strict=True))
+    assert shares[Action.UP_1] == shares[Action.UP_3] == 1.0
+    assert shares[Action.DOWN_3] == 0.0
+    assert shares[Action.LEFT_1] == 0.0 and shares[Action.LEFT_2] == pytest.approx(0.25)
+    assert shares[Action.RIGHT_2] == pytest.approx(0.25) and shares[Action.RIGHT_3] == 0.5
+    # a one-cell-wide crop: cuts across it remove nothing (0); no mass at all gives zeros
+    thin = cut_mass(table(np.ones((28, 28))), (3, 0, 4, 28))
+    assert thin[CUT_ACTIONS.index(Action.LEFT_1)] == 0.0
+    assert thin[CUT_ACTIONS.index(Action.UP_1)] == pytest.approx(1 / 28)
+    np.testing.assert_array_equal(cut_mass(table(np.zeros((28, 28))), FULL_CROP), 0.0)
+
+
+def test_observe_cut_mass_is_the_heat_map_share_of_each_cut(
+    world: CutWorld, env_kwargs: dict
+) -> None:
+    """``cut_mass`` equals the share of the channel-summed mid-level map each cut removes,
+    computed here directly from the map; the other observations do not change."""
+    env = shared_env(world, env_kwargs, observe_cut_mass=True)
+    space = env.observation_space["cut_mass"]
+    assert space.shape == (12,) and space.dtype == np.float32
+    obs, info = env.reset(seed=4)
+    heat = world.mid_maps([info["index"]])[0].float().sum(0).numpy().astype(np.float64)
+    for a in [None, *SMALL_CUTS[:6]]:
+        if a is not None:
+            obs, _, terminated, _, info = env.step(a)
+            if terminated:
+                break
+        assert obs in env.observation_space
+        x0, y0, x1, y1 = info["crop"]
+        total = heat[y0:y1, x0:x1].sum()
+        expected = []
+        for cut in CUT_ACTIONS:
+            (u0, v0, u1, v1), _ = apply_cut(info["crop"], cut)
+            expected.append((total - heat[v0:v1, u0:u1].sum()) / total)
+        np.testing.assert_allclose(obs["cut_mass"], expected, rtol=1e-5, atol=1e-7)
+    plain = shared_env(world, env_kwargs)
+    assert "cut_mass" not in plain.observation_space.spaces
+    obs_plain, _ = plain.reset(seed=4)
+    obs_mass, _ = env.reset(seed=4)
+    np.testing.assert_array_equal(obs_plain["features"], obs_mass["features"])
+
+
+def test_observe_cut_mass_passes_the_checkers(
+    env_id: str, env_kwargs: dict, world: CutWorld
+) -> None:
+    env = gym.make(env_id, world=world, observe_cut_mass=True, **env_kwargs)
+    gym_check_env(env.unwrapped)
+    sb3_check_env(env, warn=False)
+    spec = json.loads(gym.make(env_id, observe_cut_mass=True, **env_kwargs).spec.to_json())
+    assert spec["kwargs"]["observe_cut_mass"] is True
+
+
 def test_observe_score_passes_the_checkers(env_id: str, env_kwargs: dict, world: CutWorld) -> None:
     env = gym.make(env_id, world=world, observe_score=True, **env_kwargs)
     gym_check_env(env.unwrapped)

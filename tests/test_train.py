@@ -423,3 +423,44 @@ def test_average_last_saves_the_mean_of_the_last_epochs(
     assert not torch.equal(saved["q_net.q_net.0.weight"], epochs[1]["q_net.q_net.0.weight"])
     with pytest.raises(ValueError, match=r"average_last=4: expected 0..3"):
         fit_agent(dataclasses.replace(args, average_last=4))
+
+
+def test_cut_mass_agent_trains_and_its_rollouts_observe_it(
+    tiny_pipeline: dict, tmp_path: Path
+) -> None:
+    """``observe_cut_mass``: the Q-network reads the 12 shares, the saved agent says so, and
+    evaluation's rollouts give it the same observation the training env did."""
+    import torch
+
+    from cutbg_env.core import CutWorld
+    from evaluate.rollout import observation_options, rollout
+
+    args = dataclasses.replace(
+        tiny_pipeline["args"], epochs=1, observe_cut_mass=True, out=str(tmp_path / "m")
+    )
+    _, path = fit_agent(args)
+    loaded = DQN.load(path)
+    assert observation_options(loaded) == {"observe_score": True, "observe_cut_mass": True}
+    assert observation_options(tiny_pipeline["model"])["observe_cut_mass"] is False
+    extractor = loaded.q_net.features_extractor
+    assert extractor.extras == ["score", "cut_mass"]
+    venv = make_vec_env(args, "trainval")
+    venv.seed(3)
+    obs = venv.reset()
+    assert obs["cut_mass"].shape == (args.n_envs, 12)
+    tensors = {k: torch.as_tensor(v).float() for k, v in obs.items()}
+    with torch.no_grad():
+        width = extractor(tensors).shape[1]
+        del tensors["cut_mass"]
+        with pytest.raises(KeyError):
+            extractor(tensors)
+    assert width == extractor.features_dim
+    seen: list[set[str]] = []
+
+    def policy(batch: dict[str, np.ndarray]) -> np.ndarray:
+        seen.append(set(batch))
+        return loaded.predict(batch, deterministic=True)[0]
+
+    world: CutWorld = venv.world
+    out = rollout(world, world.positives[:3], policy, venv.delta, **observation_options(loaded))
+    assert len(out) == 3 and seen and all("cut_mass" in keys for keys in seen)

@@ -156,19 +156,20 @@ def test_bad_input(venv: BatchedCutBackgroundVecEnv, env_kwargs: dict) -> None:
     fresh.close()
 
 
-def test_observe_score_matches_single_envs(env_kwargs: dict) -> None:
-    venv = BatchedCutBackgroundVecEnv(n_envs=2, observe_score=True, **env_kwargs)
+@pytest.mark.parametrize("key", ["score", "cut_mass"])
+def test_optional_observations_match_single_envs(env_kwargs: dict, key: str) -> None:
+    option = {f"observe_{key}": True}
+    venv = BatchedCutBackgroundVecEnv(n_envs=2, **option, **env_kwargs)
     singles = [
-        gym.make("CutBackground-v0", world=venv.world, observe_score=True, **env_kwargs)
-        for _ in range(2)
+        gym.make("CutBackground-v0", world=venv.world, **option, **env_kwargs) for _ in range(2)
     ]
-    assert venv.observation_space["score"].shape == (2,)
+    assert venv.observation_space[key].shape == {"score": (2,), "cut_mass": (12,)}[key]
     venv.seed(SEED)
     obs = venv.reset()
     single = [env.reset(seed=SEED + i)[0] for i, env in enumerate(singles)]
     for t, actions in enumerate(seeded_actions(20)[:, :2]):
         for i in range(2):
-            np.testing.assert_allclose(obs["score"][i], single[i]["score"], atol=1e-6, err_msg=t)
+            np.testing.assert_allclose(obs[key][i], single[i][key], atol=1e-6, err_msg=t)
         obs, _, dones, _ = venv.step(actions)
         for i, env in enumerate(singles):
             single[i], _, term, trunc, _ = env.step(int(actions[i]))

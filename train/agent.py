@@ -107,6 +107,8 @@ class AgentArgs:
     """Observation storage dtype (float16 halves the replay buffer)."""
     observe_score: bool = True
     """Add the env's ``score`` observation (p̂ and the drop p̄ − p̂); False = the paper's state."""
+    observe_cut_mass: bool = False
+    """Add the env's ``cut_mass`` observation (heat-map share each cut removes; no extra calls)."""
     max_images: int | None = None
     """Train on the first N images of the class only (quick experiments, tests)."""
     double_q: bool = True
@@ -148,9 +150,13 @@ class AgentArgs:
         return Path(self.out) if self.out else paths.agent_dir(self.dataset, self.class_name)
 
 
+EXTRA_OBSERVATIONS = ("score", "cut_mass")
+"""The env's optional observation keys, in the order :class:`CutFeatures` concatenates them."""
+
+
 class CutFeatures(BaseFeaturesExtractor):
     """Two adaptation convs (``kernel``×``kernel`` then 3×3, ReLU) over the senior map, flattened,
-    + the action history (+ the ``score`` observation when the space has it).
+    + the action history (+ the ``score`` and ``cut_mass`` observations when the space has them).
 
     ``kernel`` defaults to 3 so that agents saved before ``AgentArgs.adapt_kernel`` existed (their
     zip stores only ``channels``) load unchanged; training always passes ``adapt_kernel``."""
@@ -158,8 +164,8 @@ class CutFeatures(BaseFeaturesExtractor):
     def __init__(self, observation_space: spaces.Dict, channels: int = 32, kernel: int = 3) -> None:
         c, h, w = observation_space["features"].shape
         hist = int(np.prod(observation_space["history"].shape))
-        self.with_score = "score" in observation_space.spaces
-        extra = int(np.prod(observation_space["score"].shape)) if self.with_score else 0
+        self.extras = [k for k in EXTRA_OBSERVATIONS if k in observation_space.spaces]
+        extra = sum(int(np.prod(observation_space[k].shape)) for k in self.extras)
         super().__init__(observation_space, features_dim=channels * h * w + hist + extra)
         self.adapt = nn.Sequential(
             nn.Conv2d(c, channels, kernel, padding=kernel // 2),
@@ -171,8 +177,7 @@ class CutFeatures(BaseFeaturesExtractor):
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [self.adapt(obs["features"].float()), obs["history"].float().flatten(1)]
-        if self.with_score:
-            parts.append(obs["score"].float())
+        parts += [obs[k].float() for k in self.extras]
 
         return torch.cat(parts, 1)
 
@@ -451,6 +456,7 @@ def make_vec_env(args: AgentArgs, split: str, model: Any = None) -> BatchedCutBa
         eta=args.eta,
         obs_dtype=args.obs_dtype,
         observe_score=args.observe_score,
+        observe_cut_mass=args.observe_cut_mass,
         branches=args.branches,
     )
 
@@ -501,7 +507,7 @@ def choose_refinement(model: DQN, world: CutWorld, delta: float, path: Path) -> 
     (``validation.hits``), which evaluation pools over classes (``--refinement pooled``). Returns
     the written dict (``None`` when no validation image contains the class).
     """
-    from evaluate.rollout import observes_score, rollout, sb3_policy
+    from evaluate.rollout import observation_options, rollout, sb3_policy
     from train.calibrate import (
         CalibrateArgs,
         best_setting,
@@ -514,7 +520,7 @@ def choose_refinement(model: DQN, world: CutWorld, delta: float, path: Path) -> 
     if not images:
         log(f"refinement: no validation image of {world.class_name}; keeping calibration.json's")
         return None
-    out = rollout(world, images, sb3_policy(model), delta, observe_score=observes_score(model))
+    out = rollout(world, images, sb3_policy(model), delta, **observation_options(model))
     crops = {i: loc.crop for i, (loc, _) in zip(images, out, strict=True)}
     scores = refinement_scores(world, crops)
     _, layer, region, thr = best_setting({(delta, *k): v for k, v in scores.items()})
