@@ -15,7 +15,8 @@ measure:
   over states that have both). 1.0 = it knows which cuts keep the object; 0.5 = chance.
 
 ``greedy_cut`` (``python -m evaluate``) is the same rule with the 12 verdicts known at each step;
-an agent with ``q_auc`` near 1 and chosen-valid near 1 matches it. Writes
+an agent with ``q_auc`` near 1 and chosen-valid near 1 matches it; ``python -m
+evaluate.ceiling`` measures how near the agent's state allows. Writes
 ``results/diagnose_<class>.json`` and prints a table.
 """
 
