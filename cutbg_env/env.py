@@ -190,16 +190,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         super().reset(seed=seed)
         if seed is not None:
             self._sampler.clear()
-        index = self._sampler.pick(self.np_random, options)
-        self._episode = new_episode(
-            self.world,
-            index,
-            self.delta,
-            self.eta,
-            self.terminate_on_drop,
-            self.observe_score,
-            self.observe_cut_mass,
-        )
+        self._episode = self.episode_at(self._sampler.pick(self.np_random, options))
         return self._episode.obs(self.obs_dtype), self._episode.info()
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -212,6 +203,19 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
             )
         ((reward, terminated),) = step_episodes(self.world, [ep], [parse_action(action)])
         return ep.obs(self.obs_dtype), reward, terminated, False, ep.info()
+
+    def episode_at(self, index: int) -> Episode:
+        """A new episode on dataset image ``index`` with this env's rules and observations (the
+        batched VecEnv starts its episodes here too)."""
+        return new_episode(
+            self.world,
+            index,
+            self.delta,
+            self.eta,
+            self.terminate_on_drop,
+            self.observe_score,
+            self.observe_cut_mass,
+        )
 
     def render(self) -> np.ndarray | None:
         """The image (RGB uint8, its own size) with cuts (green), crop (blue), GT (red)."""

@@ -33,7 +33,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvO
 
 from cutbg_env import MAX_EPISODE_STEPS
 from cutbg_env.actions import N_ACTIONS, Action
-from cutbg_env.core import CutWorld, Episode, ImageSampler, new_episode, step_episodes
+from cutbg_env.core import CutWorld, Episode, ImageSampler, step_episodes
 from cutbg_env.env import CutBackgroundEnv, draw_crops, parse_action
 
 
@@ -62,14 +62,10 @@ class BatchedCutBackgroundVecEnv(VecEnv):
             raise ValueError(f"n_envs={n_envs}: need at least one env")
         if not 0 <= branches < N_ACTIONS:
             raise ValueError(f"branches={branches}: expected 0..{N_ACTIONS - 1} other actions")
-        self._template = CutBackgroundEnv(world=world, **env_kwargs) if world else None
-        if self._template is None:
-            self._template = CutBackgroundEnv(**env_kwargs)
-        tpl = self._template
+        self._template = tpl = CutBackgroundEnv(world=world, **env_kwargs)
         self.world = tpl.world
         self.delta, self.eta = tpl.delta, tpl.eta
-        self.terminate_on_drop, self.obs_dtype = tpl.terminate_on_drop, tpl.obs_dtype
-        self.observe_score, self.observe_cut_mass = tpl.observe_score, tpl.observe_cut_mass
+        self.obs_dtype = tpl.obs_dtype
         self.max_episode_steps = max_episode_steps
         self.render_mode = tpl.render_mode
         super().__init__(n_envs, tpl.observation_space, tpl.action_space)
@@ -87,16 +83,7 @@ class BatchedCutBackgroundVecEnv(VecEnv):
             self._samplers[i].clear()
         rng = self._rngs[i]
         assert rng is not None
-        index = self._samplers[i].pick(rng, options)
-        ep = new_episode(
-            self.world,
-            index,
-            self.delta,
-            self.eta,
-            self.terminate_on_drop,
-            self.observe_score,
-            self.observe_cut_mass,
-        )
+        ep = self._template.episode_at(self._samplers[i].pick(rng, options))
         self._episodes[i] = ep
         return ep
 
