@@ -35,6 +35,8 @@ HISTORY = 4
 """Past actions kept in the observation."""
 FEATURE_HIGH = float(np.finfo(np.float16).max)
 """Upper bound of the observation's features (finite, and representable in float16)."""
+OPTIONAL_OBSERVATIONS = ("score", "cut_mass")
+"""The observation keys the env adds on request (``observe_<key>=True``), in this order."""
 
 
 def load_calibration(dataset: str) -> dict:

@@ -109,9 +109,6 @@ def valid_walks(
     ``[seed, k]``, so ``chunk`` (walks stepped together) changes no result."""
     if walks < 1:
         raise ValueError(f"walks={walks}: need at least one walk per image")
-    obs: list[dict[str, np.ndarray]] = []
-    verdicts: list[np.ndarray] = []
-    steps: list[int] = []
     starts = [i for i in indices for _ in range(walks)]
     rngs = [np.random.default_rng([seed, k]) for k in range(len(starts))]
     per_walk: list[list[tuple[dict[str, np.ndarray], np.ndarray, int]]] = [[] for _ in starts]
@@ -131,15 +128,11 @@ def valid_walks(
                     cuts.append(CUT_ACTIONS[int(rngs[k].choice(ok))])
             step_episodes(world, [ep for _, ep in moving], cuts)
             active = moving
-    for states in per_walk:
-        for o, row, step in states:
-            obs.append(o)
-            verdicts.append(row)
-            steps.append(step)
+    states = [state for walk in per_walk for state in walk]
     return Walks(
-        {k: np.stack([o[k] for o in obs]) for k in obs[0]},
-        np.asarray(verdicts, dtype=bool),
-        np.asarray(steps, dtype=np.int64),
+        {k: np.stack([o[k] for o, _, _ in states]) for k in states[0][0]},
+        np.asarray([row for _, row, _ in states], dtype=bool),
+        np.asarray([step for _, _, step in states], dtype=np.int64),
     )
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from cutbg_env import MAX_EPISODE_STEPS
 from cutbg_env.actions import Action
-from cutbg_env.core import CutWorld, Episode, new_episode, step_episodes
+from cutbg_env.core import OPTIONAL_OBSERVATIONS, CutWorld, Episode, new_episode, step_episodes
 from cutbg_env.localize import Localization
 
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -81,7 +81,7 @@ def observation_options(model) -> dict[str, bool]:
     of :func:`rollout` (and of the env): ``{"observe_score": bool, "observe_cut_mass": bool}``;
     its rollouts must provide them."""
     keys = getattr(model.observation_space, "spaces", {})
-    return {"observe_score": "score" in keys, "observe_cut_mass": "cut_mass" in keys}
+    return {f"observe_{k}": k in keys for k in OPTIONAL_OBSERVATIONS}
 
 
 def sb3_policy(model) -> Policy:

@@ -44,7 +44,7 @@ from torch import nn
 from cutbg_env import paths
 from cutbg_env.actions import CUT_ACTIONS, Action
 from cutbg_env.backbone import load_classifier
-from cutbg_env.core import CutWorld, resolve_delta
+from cutbg_env.core import OPTIONAL_OBSERVATIONS, CutWorld, resolve_delta
 from cutbg_env.errors import CheckpointError
 from cutbg_env.io import atomic_path, write_json
 from cutbg_env.vec_env import BatchedCutBackgroundVecEnv
@@ -150,10 +150,6 @@ class AgentArgs:
         return Path(self.out) if self.out else paths.agent_dir(self.dataset, self.class_name)
 
 
-EXTRA_OBSERVATIONS = ("score", "cut_mass")
-"""The env's optional observation keys, in the order :class:`CutFeatures` concatenates them."""
-
-
 class CutFeatures(BaseFeaturesExtractor):
     """Two adaptation convs (``kernel``×``kernel`` then 3×3, ReLU) over the senior map, flattened,
     + the action history (+ the ``score`` and ``cut_mass`` observations when the space has them).
@@ -164,7 +160,7 @@ class CutFeatures(BaseFeaturesExtractor):
     def __init__(self, observation_space: spaces.Dict, channels: int = 32, kernel: int = 3) -> None:
         c, h, w = observation_space["features"].shape
         hist = int(np.prod(observation_space["history"].shape))
-        self.extras = [k for k in EXTRA_OBSERVATIONS if k in observation_space.spaces]
+        self.extras = [k for k in OPTIONAL_OBSERVATIONS if k in observation_space.spaces]
         extra = sum(int(np.prod(observation_space[k].shape)) for k in self.extras)
         super().__init__(observation_space, features_dim=channels * h * w + hist + extra)
         self.adapt = nn.Sequential(
