@@ -9,13 +9,15 @@ CLASS ?= dog
 DEVICE ?= cpu
 N_ENVS ?= 16
 EPOCHS ?=
+MEMBERS ?= 10
+THREADS ?= 0
 MINUTES ?= 2.9
 FROM_SCRATCH ?=
 SHIPPED := checkpoints/animals-classifier.pt
 EVAL_ARGS ?=
 CLASSES = $(shell $(PY) -c "from cutbg_env.data import VOCDataset, resolve_dataset; print(' '.join(VOCDataset(resolve_dataset('$(DATASET)'), 'trainval').classes))" 2>/dev/null)
 
-.PHONY: install data test lint format train-classifier calibrate train train-all eval demo bench clean
+.PHONY: install data test lint format train-classifier calibrate train train-all train-ensemble eval demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +58,16 @@ train: $(STAMP)
 # Every class; classes are independent jobs, so `make -j 4 train-all` runs four side by side.
 train-all: $(STAMP)
 	@$(MAKE) --no-print-directory $(addprefix train-class-,$(CLASSES))
+
+# Extra seeds 1..MEMBERS-1 of one class's agent (the agent itself is seed 0); `make eval` then
+# adds the agent_ensemble rows (mean Q-values). A member whose agent.zip exists is kept, so a
+# larger MEMBERS only trains the new seeds. Members are independent:
+# `make -j 2 train-ensemble THREADS=1` trains two at once.
+MEMBER_DIR = $(or $(CUTBG_RUNS),runs)/$(notdir $(patsubst %/,%,$(DATASET)))/$(CLASS)/ensemble
+train-ensemble: $(foreach n,$(shell seq 1 $$(($(MEMBERS) - 1))),$(MEMBER_DIR)/seed_$(n)/agent.zip)
+
+$(MEMBER_DIR)/seed_%/agent.zip: | $(STAMP)
+	$(PY) -m train agent --dataset $(DATASET) --class $(CLASS) --device $(DEVICE) --n-envs $(N_ENVS) --seed $* --ensemble-member --threads $(THREADS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))
 
 train-class-%: $(STAMP)
 	$(PY) -m train agent --dataset $(DATASET) --class $* --device $(DEVICE) --n-envs $(N_ENVS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))

@@ -37,3 +37,9 @@ def calibration_path(dataset: str) -> Path:
 def agent_dir(dataset: str, class_name: str) -> Path:
     """Folder of one class's agent (``agent.zip``, ``config.json``, TensorBoard logs)."""
     return runs_dir() / dataset_key(dataset) / class_name
+
+
+def ensemble_dir(dataset: str, class_name: str) -> Path:
+    """Folder of a class's ensemble members: ``<agent_dir>/ensemble/seed_<N>/`` each, one run
+    folder per extra seed (``python -m train agent --ensemble-member --seed N``)."""
+    return agent_dir(dataset, class_name) / "ensemble"

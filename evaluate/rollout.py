@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 
 from cutbg_env import MAX_EPISODE_STEPS
 from cutbg_env.actions import Action
@@ -87,3 +88,32 @@ def observation_options(model) -> dict[str, bool]:
 def sb3_policy(model) -> Policy:
     """Greedy actions of a trained SB3 model."""
     return lambda obs: model.predict(obs, deterministic=True)[0]
+
+
+def ensemble_options(models: Sequence, names: Sequence[str]) -> dict[str, bool]:
+    """The :func:`observation_options` every model of an ensemble shares; a :class:`ValueError`
+    naming the first model (by ``names``) that was trained with other observations."""
+    first = observation_options(models[0])
+    for model, name in zip(models[1:], names[1:], strict=True):
+        other = observation_options(model)
+        if other != first:
+            raise ValueError(
+                f"{name} was trained with observations {other}, {names[0]} with {first}: "
+                "an ensemble's members must share them (retrain the member with the same flags)"
+            )
+    return first
+
+
+def ensemble_policy(models: Sequence) -> Policy:
+    """Greedy actions on the mean Q-values of several SB3 DQN models (an ensemble of
+    independently trained agents; one model gives :func:`sb3_policy`'s actions)."""
+
+    def policy(obs: dict[str, np.ndarray]) -> np.ndarray:
+        q = 0.0
+        for model in models:
+            tensors, _ = model.policy.obs_to_tensor(obs)
+            with torch.no_grad():
+                q = q + model.q_net(tensors).float().cpu().numpy()
+        return np.asarray(q).argmax(1)
+
+    return policy

@@ -9,6 +9,9 @@ Methods (same classifier, same images: every test image, positives and negatives
 * ``agent_refined``: the agent's box intersected with the heat-map rectangle of its crop (§2.3).
 * ``exhaustive``: the highest-scoring of ~2,000 multi-scale windows (the proposal approach).
 * ``greedy_cut``: the reward's own policy, all 12 cuts tried every step (~200 calls).
+* ``agent_ensemble`` / ``agent_ensemble_refined`` (only when every class has ensemble members,
+  ``make train-ensemble``): greedy actions on the mean Q-values of the class's agent and its
+  members, and that box refined; the same classifier calls per step as ``agent``.
 
 The confidence of every box is the full-image score ``p̄(c|x)`` (the paper's definition).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +39,16 @@ from cutbg_env.io import atomic_path, write_json, write_text
 from cutbg_env.localize import exhaustive, exhaustive_windows, greedy_cut, heatmaps
 from evaluate.metrics import average_precision, corloc, plot_pr_curve, precision_recall
 from evaluate.refine import heatmap_box, refine
-from evaluate.rollout import observation_options, random_policy, rollout, sb3_policy
-from train.agent import REFINEMENT_FILE
+from evaluate.rollout import (
+    Policy,
+    ensemble_options,
+    ensemble_policy,
+    observation_options,
+    random_policy,
+    rollout,
+    sb3_policy,
+)
+from train.agent import REFINEMENT_FILE, ensemble_agents
 from train.calibrate import Setting, parse_setting, pooled_setting, setting_key
 from train.common import check_class, log, open_split, relpath, splits
 
@@ -49,6 +61,8 @@ METHODS = (
     "exhaustive",
     "greedy_cut",
 )
+ENSEMBLE_METHODS = ("agent_ensemble", "agent_ensemble_refined")
+"""Rows added when every evaluated class has ensemble members (see :func:`ensemble_members`)."""
 
 
 REFINEMENT_RULES = ("pooled", "own")
@@ -81,8 +95,26 @@ class EvalArgs:
     """Heat-map setting of heatmap and agent_refined: pooled (one for all classes) or own."""
     seed: int = 0
     """Seed of the random agent."""
+    ensemble: bool = True
+    """Add the agent_ensemble rows when every class has ensemble members (make train-ensemble)."""
     device: str = "cpu"
     """Torch device."""
+
+
+def ensemble_members(args: EvalArgs, classes: list[str]) -> dict[str, list[Path]]:
+    """Per class, the zips of the ensemble evaluated as ``agent_ensemble`` (the agent first): all
+    of :func:`~train.agent.ensemble_agents` when ``args.ensemble`` and every class has a member,
+    else ``{}`` (and a log line names the classes without one)."""
+    if not args.ensemble:
+        return {}
+    members = {c: ensemble_agents(args.dataset, c) for c in classes}
+    lacking = [c for c, m in members.items() if len(m) < 2]
+    if len(lacking) < len(classes) and lacking:
+        log(
+            f"no agent_ensemble rows: {', '.join(lacking)} has no ensemble member "
+            f"(`make train-ensemble CLASS={lacking[0]}`)"
+        )
+    return {} if lacking else members
 
 
 def _agent_path(dataset: str, cls: str) -> Path:
@@ -170,14 +202,15 @@ def evaluate_class(
     indices: list[int],
     figdir: Path,
     setting: Setting,
+    ensemble: Sequence[Path] = (),
 ) -> dict[str, dict]:
     """Boxes, calls and seconds of every method for one class on ``indices``; ``setting`` is
-    the heat-map ``(layer, region, threshold)`` of ``heatmap`` and ``agent_refined``."""
+    the heat-map ``(layer, region, threshold)`` of ``heatmap`` and the refined rows; a non-empty
+    ``ensemble`` (agent zips, the class's agent first) adds the ``agent_ensemble`` rows."""
     data = world.data
     delta = resolve_delta(args.dataset, cls, None)
     layer, region, thr = setting
-    agent_zip = _agent_path(args.dataset, cls)
-    model = DQN.load(agent_zip, device=args.device)
+    model = DQN.load(_agent_path(args.dataset, cls), device=args.device)
     sizes = {i: (data.annotation(i).width, data.annotation(i).height) for i in indices}
     world.mid_maps(indices)
     _, p_full = world.full(indices)
@@ -199,22 +232,29 @@ def evaluate_class(
     record("full_image", {i: box(i, FULL_CROP) for i in indices}, 1.0, time.perf_counter() - t)
     t = time.perf_counter()
     record("heatmap", {i: heat(i, FULL_CROP) for i in indices}, 1.0, time.perf_counter() - t)
-    for name, policy in (("random_agent", random_policy(args.seed)), ("agent", sb3_policy(model))):
+
+    def run_policy(name: str, policy: Policy, options: dict[str, bool]) -> list:
+        """Record ``name`` (and ``<name>_refined`` for agents); return the rollouts."""
         t = time.perf_counter()
-        out = rollout(world, indices, policy, delta, **observation_options(model))
+        out = rollout(world, indices, policy, delta, **options)
         secs = time.perf_counter() - t
-        record(
-            name,
-            {i: box(i, loc.crop) for i, (loc, _) in zip(indices, out, strict=True)},
-            float(np.mean([loc.calls for loc, _ in out])),
-            secs,
-        )
-        if name == "agent":
-            trails = {i: tr for i, (_, tr) in zip(indices, out, strict=True)}
-            crops = {i: loc.crop for i, (loc, _) in zip(indices, out, strict=True)}
+        crops = {i: loc.crop for i, (loc, _) in zip(indices, out, strict=True)}
+        calls = float(np.mean([loc.calls for loc, _ in out]))
+        record(name, {i: box(i, crops[i]) for i in indices}, calls, secs)
+        if name != "random_agent":
             t = time.perf_counter()
-            refined = {i: refine(res["agent"]["boxes"][i], heat(i, crops[i])) for i in indices}
-            record("agent_refined", refined, res["agent"]["calls"], secs + time.perf_counter() - t)
+            refined = {i: refine(res[name]["boxes"][i], heat(i, crops[i])) for i in indices}
+            record(f"{name}_refined", refined, calls, secs + time.perf_counter() - t)
+        return out
+
+    run_policy("random_agent", random_policy(args.seed), observation_options(model))
+    out = run_policy("agent", sb3_policy(model), observation_options(model))
+    trails = {i: tr for i, (_, tr) in zip(indices, out, strict=True)}
+    crops = {i: loc.crop for i, (loc, _) in zip(indices, out, strict=True)}
+    if ensemble:
+        models = [model, *(DQN.load(z, device=args.device) for z in ensemble[1:])]
+        options = ensemble_options(models, [relpath(z) for z in ensemble])
+        run_policy("agent_ensemble", ensemble_policy(models), options)
     t = time.perf_counter()
     ex = exhaustive(world, indices, _windows(args.exhaustive_windows))
     record(
@@ -283,8 +323,10 @@ def run(args: EvalArgs) -> dict:
     model, _ = load_classifier(ckpt, args.device)
     indices = list(range(len(data)))[: args.max_images]
     out = Path(args.out)
+    ensembles = ensemble_members(args, classes)
+    methods = METHODS + ENSEMBLE_METHODS if ensembles else METHODS
     table: dict[str, dict] = {
-        m: {"ap": {}, "ap07": {}, "corloc": {}, "calls": [], "secs": []} for m in METHODS
+        m: {"ap": {}, "ap07": {}, "corloc": {}, "calls": [], "secs": []} for m in methods
     }
     settings, how = agent_settings(
         args.dataset, classes, load_calibration(args.dataset), args.refinement
@@ -295,7 +337,9 @@ def run(args: EvalArgs) -> dict:
             args.dataset, split, cls, root=args.root, device=args.device, model=model, data=data
         )
         log(f"evaluating {cls} on {len(indices)} {split} images")
-        res = evaluate_class(args, world, cls, indices, out / "figures", settings[cls])
+        res = evaluate_class(
+            args, world, cls, indices, out / "figures", settings[cls], ensembles.get(cls, ())
+        )
         gt = {i: data.gt_boxes(i, cls) for i in indices}
         gt_pos = {i: g for i, g in gt.items() if g}
         for m, r in res.items():
@@ -323,7 +367,9 @@ def run(args: EvalArgs) -> dict:
             "settings": {c: setting_key(settings[c]) for c in classes},
         },
     }
-    for m in METHODS:
+    if ensembles:
+        result["ensemble"] = {c: [relpath(z) for z in zips] for c, zips in ensembles.items()}
+    for m in methods:
         t = table[m]
         result[m] = {
             "ap": t["ap"],
@@ -354,7 +400,7 @@ def markdown_table(result: dict) -> str:
         + " |",
         "|---|---:|---:|---:|---:|---:|" + "---:|" * len(classes),
     ]
-    for m in METHODS:
+    for m in (m for m in METHODS + ENSEMBLE_METHODS if m in result):
         r = result[m]
         lines.append(
             f"| {m} | {r['map']:.1f} | {r['map07']:.1f} | {r['mean_corloc']:.1f} | "
@@ -367,7 +413,10 @@ def markdown_table(result: dict) -> str:
         chosen = ", ".join(f"{c} {k}" for c, k in ref["settings"].items())
         lines += [
             "",
-            f"Heat-map (layer/region/threshold) of heatmap and agent_refined: {chosen} "
+            f"Heat-map (layer/region/threshold) of heatmap and the refined rows: {chosen} "
             f"({ref['rule']}).",
         ]
+    if "ensemble" in result:
+        sizes = ", ".join(f"{c} {len(z)}" for c, z in result["ensemble"].items())
+        lines += ["", f"agent_ensemble: mean Q-values of each class's agents ({sizes})."]
     return "\n".join(lines) + "\n"

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from cutbg_env.core import CutWorld
 from cutbg_env.errors import CheckpointError
 from evaluate.__main__ import main as eval_main
-from evaluate.run import METHODS, EvalArgs, run
+from evaluate.run import METHODS, EvalArgs, evaluate_class, run
 from train.agent import REFINEMENT_FILE
 
 
@@ -92,3 +93,100 @@ def test_returns_without_agent_names_the_command(
 
     assert returns_main(["--class", "cat"]) == 2
     assert "make train CLASS=cat" in capsys.readouterr().err
+
+
+def _fake_model(q: list[float], keys: tuple[str, ...] = ("features", "history", "score")):
+    """An object with the parts of an SB3 DQN that the ensemble code reads: fixed Q-values."""
+    from types import SimpleNamespace
+
+    import torch
+    from gymnasium import spaces
+
+    space = spaces.Dict({k: spaces.Box(0, 1, (1,)) for k in keys})
+    return SimpleNamespace(
+        observation_space=space,
+        policy=SimpleNamespace(obs_to_tensor=lambda obs: (obs, True)),
+        q_net=lambda obs: torch.tensor([q] * len(obs["history"])),
+    )
+
+
+def test_ensemble_acts_on_the_mean_q_values() -> None:
+    import numpy as np
+
+    from evaluate.rollout import ensemble_policy
+
+    a, b = _fake_model([3.0, 0.0, 2.5]), _fake_model([0.0, 3.0, 2.5])
+    obs = {"history": np.zeros((2, 4, 13), np.float32)}
+    assert ensemble_policy([a])(obs).tolist() == [0, 0]
+    assert ensemble_policy([b])(obs).tolist() == [1, 1]
+    # means 1.5, 1.5, 2.5: neither member's own choice
+    assert ensemble_policy([a, b])(obs).tolist() == [2, 2]
+
+
+def test_ensemble_members_must_share_observations() -> None:
+    from evaluate.rollout import ensemble_options
+
+    plain, mass = _fake_model([0.0]), _fake_model([0.0], ("features", "history", "cut_mass"))
+    opts = ensemble_options([plain, plain], ["a.zip", "b.zip"])
+    assert opts == {"observe_score": True, "observe_cut_mass": False}
+    with pytest.raises(ValueError, match=r"^b\.zip was trained with observations .* a\.zip with"):
+        ensemble_options([plain, mass], ["a.zip", "b.zip"])
+
+
+def test_ensemble_agents_lists_the_agent_then_members_by_seed(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from train.agent import ensemble_agents
+
+    monkeypatch.setenv("CUTBG_RUNS", str(tmp_path))
+    dog = tmp_path / "animals" / "dog"
+    with pytest.raises(CheckpointError, match="make train CLASS=dog"):
+        ensemble_agents("animals", "dog")
+    for folder in (dog, *(dog / "ensemble" / s for s in ("seed_10", "seed_2", "seed_x"))):
+        folder.mkdir(parents=True)
+        (folder / "agent.zip").write_bytes(b"")
+    (dog / "ensemble" / "seed_3").mkdir()  # a member still training: no agent.zip yet
+    found = ensemble_agents("animals", "dog")
+    assert [p.relative_to(dog).as_posix() for p in found] == [
+        "agent.zip",
+        "ensemble/seed_2/agent.zip",
+        "ensemble/seed_10/agent.zip",
+    ]
+
+
+def test_eval_adds_ensemble_rows_when_members_exist(tiny_pipeline: dict) -> None:
+    import shutil
+
+    agent = tiny_pipeline["agent"]
+    member = agent.parent / "ensemble" / "seed_1"
+    member.mkdir(parents=True)
+    shutil.copy(agent, member / "agent.zip")  # a copy: the mean Q is the agent's own
+    try:
+        out = tiny_pipeline["base"] / "results_ens"
+        common = dict(classes="dog", split="trainval", exhaustive_windows=10, figures=0)
+        saved = run(EvalArgs(**common, out=str(out)))
+        plain = run(EvalArgs(**common, out=str(out / "off"), ensemble=False))
+        world = CutWorld("animals", "trainval", "dog")
+        res = evaluate_class(
+            EvalArgs(**common),
+            world,
+            "dog",
+            list(range(len(world.data))),
+            out,
+            ("mid", "peak", 0.5),
+            [agent, member / "agent.zip"],
+        )
+    finally:
+        shutil.rmtree(agent.parent / "ensemble")
+    assert res["agent_ensemble"]["boxes"] == res["agent"]["boxes"]
+    assert res["agent_ensemble_refined"]["boxes"] == res["agent_refined"]["boxes"]
+    listed = [(tiny_pipeline["base"] / p).resolve() for p in saved["ensemble"]["dog"]]
+    assert listed == [agent.resolve(), (member / "agent.zip").resolve()]
+    for m in ("agent", "agent_refined"):
+        ens = saved[m.replace("agent", "agent_ensemble")]
+        for key in ("ap", "ap07", "corloc", "calls_per_image"):
+            assert ens[key] == saved[m][key]
+    md = (out / "eval.md").read_text()
+    assert "| agent_ensemble_refined |" in md and "each class's agents (dog 2)" in md
+    assert "agent_ensemble" not in plain and "ensemble" not in plain
+    assert json.loads((out / "off" / "eval.json").read_text()).keys() == plain.keys()

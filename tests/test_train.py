@@ -464,3 +464,11 @@ def test_cut_mass_agent_trains_and_its_rollouts_observe_it(
     world: CutWorld = venv.world
     out = rollout(world, world.positives[:3], policy, venv.delta, **observation_options(loaded))
     assert len(out) == 3 and seen and all("cut_mass" in keys for keys in seen)
+
+
+def test_ensemble_member_has_its_own_folder_and_seed(tiny_pipeline: dict) -> None:
+    args = dataclasses.replace(tiny_pipeline["args"], ensemble_member=True, seed=4)
+    assert args.run_dir() == tiny_pipeline["agent"].parent / "ensemble" / "seed_4"
+    same = dataclasses.replace(args, seed=tiny_pipeline["args"].seed)
+    with pytest.raises(ValueError, match=r"--ensemble-member --seed 0: the class's agent \(.*"):
+        fit_agent(same)

@@ -127,6 +127,8 @@ class AgentArgs:
     """Show SB3's progress bar."""
     seed: int = 0
     """Seed of the env order, exploration and initialisation."""
+    ensemble_member: bool = False
+    """Train an extra ensemble member: run folder runs/<dataset>/<class>/ensemble/seed_<seed>."""
     device: str = "cpu"
     """Torch device of the classifier and the DQN."""
     threads: int = 0
@@ -147,7 +149,12 @@ class AgentArgs:
         )
 
     def run_dir(self) -> Path:
-        return Path(self.out) if self.out else paths.agent_dir(self.dataset, self.class_name)
+        """``out``, else the member's folder, else ``runs/<dataset>/<class>``."""
+        if self.out:
+            return Path(self.out)
+        if self.ensemble_member:
+            return paths.ensemble_dir(self.dataset, self.class_name) / f"seed_{self.seed}"
+        return paths.agent_dir(self.dataset, self.class_name)
 
 
 class CutFeatures(BaseFeaturesExtractor):
@@ -488,6 +495,35 @@ def trained_agent(dataset: str, class_name: str, path: str | Path | None = None)
     return zip_path
 
 
+def ensemble_agents(dataset: str, class_name: str) -> list[Path]:
+    """The zips of a class's ensemble: its agent (``runs/<dataset>/<class>/agent.zip``, first)
+    and every trained member (``ensemble/seed_<N>/agent.zip``, by seed). One path when no member
+    was trained; :func:`trained_agent`'s error when the class has no agent."""
+    members = [
+        d / "agent.zip"
+        for d in paths.ensemble_dir(dataset, class_name).glob("seed_*")
+        if (d / "agent.zip").is_file() and d.name[len("seed_") :].isdigit()
+    ]
+    members.sort(key=lambda p: int(p.parent.name[len("seed_") :]))
+    return [trained_agent(dataset, class_name), *members]
+
+
+def _check_member_seed(args: AgentArgs) -> None:
+    """A member must not repeat the seed of the class's agent: it would be the same run."""
+    if not args.ensemble_member or args.out:
+        return
+    config = paths.agent_dir(args.dataset, args.class_name) / "config.json"
+    try:
+        seed = json.loads(config.read_text())["args"]["seed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no agent yet (or an unreadable config): nothing to repeat
+    if seed == args.seed:
+        raise ValueError(
+            f"--ensemble-member --seed {args.seed}: the class's agent ({config}) was trained "
+            f"with seed {seed}; give the member another seed"
+        )
+
+
 REFINEMENT_FILE = "refinement.json"
 """Per-agent heat-map layer, region and threshold, chosen on the agent's own validation boxes."""
 
@@ -596,6 +632,7 @@ def fit_agent(args: AgentArgs) -> tuple[DQN, Path]:
         raise ValueError(
             f"average_last={args.average_last}: expected 0..{args.epochs} (the epochs trained)"
         )
+    _check_member_seed(args)
     train_split, _ = splits(args.dataset)
     data = open_split(args.dataset, args.root, train_split)
     check_class(data, args.class_name, args.dataset)
