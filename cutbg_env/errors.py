@@ -17,3 +17,7 @@ class UnknownClassError(CutbgError, ValueError):
 
 class CheckpointError(CutbgError, FileNotFoundError):
     """A missing or unreadable checkpoint; the message names the command that makes it."""
+
+
+class OptionError(CutbgError, ValueError):
+    """Command options that contradict each other or the runs on disk; the message says which."""

@@ -16,8 +16,9 @@ measure:
 
 ``greedy_cut`` (``python -m evaluate``) is the same rule with the 12 verdicts known at each step;
 an agent with ``q_auc`` near 1 and chosen-valid near 1 matches it; ``python -m
-evaluate.ceiling`` measures how near the agent's state allows. Writes
-``results/diagnose_<class>.json`` and prints a table.
+evaluate.ceiling`` measures how near the agent's state allows. ``--ensemble`` replays the
+class's agent and its ensemble members (``make train-ensemble``) acting on their mean Q-values,
+as ``agent_ensemble`` does. Writes ``results/diagnose_<class>.json`` and prints a table.
 """
 
 from __future__ import annotations
@@ -28,16 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from stable_baselines3 import DQN
 
 from cutbg_env import MAX_EPISODE_STEPS
 from cutbg_env.actions import CUT_ACTIONS, Action, apply_cut
 from cutbg_env.config import command_main
 from cutbg_env.core import CutWorld, Episode, resolve_delta
+from cutbg_env.errors import OptionError
 from cutbg_env.io import write_json
-from evaluate.rollout import observation_options, rollout
-from train.agent import trained_agent
+from evaluate.rollout import ensemble_options, mean_q_values, rollout
+from train.agent import ensemble_agents, trained_agent
 
 STEP_BANDS = ((0, 5), (5, 10), (10, MAX_EPISODE_STEPS))
 """Step ranges ``[lo, hi)`` the per-step rates are reported over."""
@@ -55,6 +56,8 @@ class DiagnoseArgs:
     """Split whose positive images are replayed."""
     agent: str | None = None
     """Agent zip (default: runs/<dataset>/<class>/agent.zip)."""
+    ensemble: bool = False
+    """Replay the class's agent and its ensemble members on their mean Q-values instead."""
     max_images: int | None = None
     """Use only the first N positive images."""
     out: str = "results"
@@ -98,18 +101,22 @@ def cut_verdicts(world: CutWorld, episodes: Sequence[Episode]) -> np.ndarray:
 
 
 def diagnose(
-    model: DQN, world: CutWorld, indices: Sequence[int], delta: float, chunk: int = 32
+    models: Sequence[DQN],
+    world: CutWorld,
+    indices: Sequence[int],
+    delta: float,
+    chunk: int = 32,
+    names: Sequence[str] | None = None,
 ) -> dict:
     """Replay the agent on ``indices`` and measure its cuts (see the module docstring).
 
-    The replay is :func:`~evaluate.rollout.rollout` itself (greedy Q actions); its step hook
-    scores all 12 cuts of each state before the agent's action is applied."""
+    ``models``: one trained agent, or an ensemble acting on its mean Q-values (they must share
+    their observations; ``names``, e.g. their files, name a member that does not). The replay is :func:`~evaluate.rollout.rollout` itself (greedy Q
+    actions); its step hook scores all 12 cuts of each state before the action is applied."""
     last_q: list[np.ndarray] = []  # the Q-values of the batch the policy saw last
 
     def policy(obs: dict[str, np.ndarray]) -> np.ndarray:
-        tensors = {k: torch.as_tensor(v, device=model.device) for k, v in obs.items()}
-        with torch.no_grad():
-            q = model.q_net(tensors).cpu().numpy()
+        q = mean_q_values(models, obs)
         last_q[:] = [q]
         return q.argmax(1)
 
@@ -138,7 +145,7 @@ def diagnose(
         policy,
         delta,
         chunk=chunk,
-        **observation_options(model),
+        **ensemble_options(models, names or [f"models[{k}]" for k in range(len(models))]),
         on_step=on_step,
     )
     ends = {"stop": 0, "drop": 0, "step_limit": 0}
@@ -178,14 +185,25 @@ def _pct(x: float | None) -> str:
 
 def report(args: DiagnoseArgs) -> dict:
     """Run :func:`diagnose` for one class, write the JSON and print the table."""
-    zip_path = trained_agent(args.dataset, args.class_name, args.agent)
-    model = DQN.load(zip_path, device="cpu")
+    if args.ensemble and args.agent:
+        raise OptionError("--ensemble replays the class's agent and its members: drop --agent")
+    zips = (
+        ensemble_agents(args.dataset, args.class_name)
+        if args.ensemble
+        else [trained_agent(args.dataset, args.class_name, args.agent)]
+    )
+    models = [DQN.load(z, device="cpu") for z in zips]
     world = CutWorld(args.dataset, args.split, args.class_name, device=args.device)
     world.require_positives()
     indices = world.positives[: args.max_images]
     delta = resolve_delta(args.dataset, args.class_name, None)
-    result = {"dataset": args.dataset, "split": args.split, "class": args.class_name}
-    result |= diagnose(model, world, indices, delta)
+    result = {
+        "dataset": args.dataset,
+        "split": args.split,
+        "class": args.class_name,
+        "agents": [str(z) for z in zips],
+    }
+    result |= diagnose(models, world, indices, delta, names=[str(z) for z in zips])
     path = Path(args.out) / f"diagnose_{args.class_name}.json"
     write_json(path, result)
     e = result["ends"]

@@ -10,6 +10,7 @@ import torch
 from cutbg_env import MAX_EPISODE_STEPS
 from cutbg_env.actions import Action
 from cutbg_env.core import OPTIONAL_OBSERVATIONS, CutWorld, Episode, new_episode, step_episodes
+from cutbg_env.errors import OptionError
 from cutbg_env.localize import Localization
 
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -91,29 +92,35 @@ def sb3_policy(model) -> Policy:
 
 
 def ensemble_options(models: Sequence, names: Sequence[str]) -> dict[str, bool]:
-    """The :func:`observation_options` every model of an ensemble shares; a :class:`ValueError`
-    naming the first model (by ``names``) that was trained with other observations."""
+    """The :func:`observation_options` every model of an ensemble shares; an
+    :class:`~cutbg_env.errors.OptionError` naming the first model (by ``names``) that was trained
+    with other observations."""
     first = observation_options(models[0])
     for model, name in zip(models[1:], names[1:], strict=True):
         other = observation_options(model)
         if other != first:
-            raise ValueError(
+            raise OptionError(
                 f"{name} was trained with observations {other}, {names[0]} with {first}: "
                 "an ensemble's members must share them (retrain the member with the same flags)"
             )
     return first
 
 
+def mean_q_values(models: Sequence, obs: dict[str, np.ndarray]) -> np.ndarray:
+    """``(N, 13)`` float32: the mean over SB3 DQN ``models`` of their Q-values for a batch of
+    observations (one model: its own Q-values)."""
+    total = None
+    for model in models:
+        tensors, _ = model.policy.obs_to_tensor(obs)
+        with torch.no_grad():
+            q = model.q_net(tensors).float().cpu().numpy()
+        total = q if total is None else total + q
+    if total is None:
+        raise ValueError("mean_q_values: no model given")
+    return total / len(models)
+
+
 def ensemble_policy(models: Sequence) -> Policy:
     """Greedy actions on the mean Q-values of several SB3 DQN models (an ensemble of
     independently trained agents; one model gives :func:`sb3_policy`'s actions)."""
-
-    def policy(obs: dict[str, np.ndarray]) -> np.ndarray:
-        q = 0.0
-        for model in models:
-            tensors, _ = model.policy.obs_to_tensor(obs)
-            with torch.no_grad():
-                q = q + model.q_net(tensors).float().cpu().numpy()
-        return np.asarray(q).argmax(1)
-
-    return policy
+    return lambda obs: mean_q_values(models, obs).argmax(1)

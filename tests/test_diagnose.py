@@ -4,6 +4,7 @@ trained pipeline matching the env's own rollout."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def test_diagnose_replays_the_env_rollout(tiny_pipeline: dict) -> None:
     model = tiny_pipeline["model"]
     world = CutWorld("animals", "trainval", "dog")
     delta = resolve_delta("animals", "dog", None)
-    result = diagnose(model, world, world.positives, delta, chunk=4)
+    result = diagnose([model], world, world.positives, delta, chunk=4)
     ref = rollout(world, world.positives, sb3_policy(model), delta, **observation_options(model))
     assert result["images"] == len(world.positives) == 6
     assert sum(result["ends"].values()) == 6
@@ -67,10 +68,12 @@ def test_diagnose_replays_the_env_rollout(tiny_pipeline: dict) -> None:
         for key in ("valid_cut_rate", "chosen_cut_valid_rate"):
             assert b[key] is None or 0.0 <= b[key] <= 1.0
     assert result["q_auc"] is None or 0.0 <= result["q_auc"] <= 1.0
-    assert diagnose(model, world, world.positives, delta, chunk=4) == result  # deterministic
-    other = diagnose(model, world, world.positives, delta, chunk=32)  # batching changes nothing
+    assert diagnose([model], world, world.positives, delta, chunk=4) == result  # deterministic
+    other = diagnose([model], world, world.positives, delta, chunk=32)  # batching changes nothing
     assert other["ends"] == result["ends"] and other["states"] == result["states"]
     assert other["q_auc"] == pytest.approx(result["q_auc"])
+    # an ensemble of two copies acts on the same mean Q-values: the same replay
+    assert diagnose([model, model], world, world.positives, delta, chunk=4) == result
 
 
 def test_diagnose_cli_writes_json(tiny_pipeline: dict, capsys: pytest.CaptureFixture) -> None:
@@ -108,3 +111,14 @@ def test_rollout_hook_sees_each_state_before_its_step(tiny_pipeline: dict) -> No
         assert [s for s, _, _ in states] == list(range(loc.steps))  # every step, before it
         assert states[0][1] == FULL_CROP
         assert {c for _, c, _ in states} <= set(trail)
+
+
+def test_diagnose_ensemble_flag(tiny_pipeline: dict, capsys: pytest.CaptureFixture) -> None:
+    assert diagnose_main(["--class", "dog", "--ensemble", "--agent", "x.zip"]) == 2
+    err = capsys.readouterr().err
+    assert "--ensemble replays the class's agent and its members: drop --agent" in err
+    out = tiny_pipeline["base"] / "diag_ens"
+    argv = ["--class", "dog", "--split", "trainval", "--ensemble", "--out", str(out)]
+    assert diagnose_main(argv) == 0  # no member yet: the agent alone
+    saved = json.loads((out / "diagnose_dog.json").read_text())
+    assert [Path(p).name for p in saved["agents"]] == ["agent.zip"]

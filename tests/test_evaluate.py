@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cutbg_env.core import CutWorld
-from cutbg_env.errors import CheckpointError
+from cutbg_env.errors import CheckpointError, OptionError
 from evaluate.__main__ import main as eval_main
 from evaluate.run import METHODS, EvalArgs, evaluate_class, run
 from train.agent import REFINEMENT_FILE
@@ -129,7 +129,7 @@ def test_ensemble_members_must_share_observations() -> None:
     plain, mass = _fake_model([0.0]), _fake_model([0.0], ("features", "history", "cut_mass"))
     opts = ensemble_options([plain, plain], ["a.zip", "b.zip"])
     assert opts == {"observe_score": True, "observe_cut_mass": False}
-    with pytest.raises(ValueError, match=r"^b\.zip was trained with observations .* a\.zip with"):
+    with pytest.raises(OptionError, match=r"^b\.zip was trained with observations .* a\.zip with"):
         ensemble_options([plain, mass], ["a.zip", "b.zip"])
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from stable_baselines3 import DQN
 
-from cutbg_env.errors import CheckpointError, DataError
+from cutbg_env.errors import CheckpointError, DataError, OptionError
 from train.__main__ import main as train_main
 from train.agent import (
     REFINEMENT_FILE,
@@ -470,5 +470,14 @@ def test_ensemble_member_has_its_own_folder_and_seed(tiny_pipeline: dict) -> Non
     args = dataclasses.replace(tiny_pipeline["args"], ensemble_member=True, seed=4)
     assert args.run_dir() == tiny_pipeline["agent"].parent / "ensemble" / "seed_4"
     same = dataclasses.replace(args, seed=tiny_pipeline["args"].seed)
-    with pytest.raises(ValueError, match=r"--ensemble-member --seed 0: the class's agent \(.*"):
+    with pytest.raises(OptionError, match=r"--ensemble-member --seed 0: the class's agent \(.*"):
         fit_agent(same)
+
+
+def test_member_seed_clash_is_one_line_on_the_cli(
+    tiny_pipeline: dict, capsys: pytest.CaptureFixture
+) -> None:
+    assert train_main(["agent", "--class", "dog", "--ensemble-member", "--seed", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --ensemble-member --seed 0: the class's agent (")
+    assert "give the member another seed" in err and "Traceback" not in err

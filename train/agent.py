@@ -45,7 +45,7 @@ from cutbg_env import paths
 from cutbg_env.actions import CUT_ACTIONS, Action
 from cutbg_env.backbone import load_classifier
 from cutbg_env.core import OPTIONAL_OBSERVATIONS, CutWorld, resolve_delta
-from cutbg_env.errors import CheckpointError
+from cutbg_env.errors import CheckpointError, OptionError
 from cutbg_env.io import atomic_path, write_json
 from cutbg_env.vec_env import BatchedCutBackgroundVecEnv
 from train.common import check_class, log, open_split, relpath, seed_everything, splits
@@ -518,7 +518,7 @@ def _check_member_seed(args: AgentArgs) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return  # no agent yet (or an unreadable config): nothing to repeat
     if seed == args.seed:
-        raise ValueError(
+        raise OptionError(
             f"--ensemble-member --seed {args.seed}: the class's agent ({config}) was trained "
             f"with seed {seed}; give the member another seed"
         )
