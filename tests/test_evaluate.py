@@ -190,3 +190,23 @@ def test_eval_adds_ensemble_rows_when_members_exist(tiny_pipeline: dict) -> None
     assert "| agent_ensemble_refined |" in md and "each class's agents (dog 2)" in md
     assert "agent_ensemble" not in plain and "ensemble" not in plain
     assert json.loads((out / "off" / "eval.json").read_text()).keys() == plain.keys()
+
+
+def test_ensemble_rows_need_members_for_every_class(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from evaluate.run import ensemble_members
+
+    monkeypatch.setenv("CUTBG_RUNS", str(tmp_path))
+    for folder in ("dog", "dog/ensemble/seed_1", "cat"):
+        (tmp_path / "animals" / folder).mkdir(parents=True)
+        (tmp_path / "animals" / folder / "agent.zip").write_bytes(b"")
+    assert ensemble_members(EvalArgs(), ["dog", "cat"]) == {}
+    assert (
+        "no agent_ensemble rows: cat has no ensemble member (`make train-ensemble CLASS=cat`)"
+        in (capsys.readouterr().err)
+    )
+    assert len(ensemble_members(EvalArgs(), ["dog"])["dog"]) == 2
+    assert ensemble_members(EvalArgs(ensemble=False), ["dog"]) == {}
+    assert ensemble_members(EvalArgs(), ["cat"]) == {}  # no member anywhere: nothing to say
+    assert capsys.readouterr().err == ""
