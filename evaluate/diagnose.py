@@ -111,8 +111,9 @@ def diagnose(
     """Replay the agent on ``indices`` and measure its cuts (see the module docstring).
 
     ``models``: one trained agent, or an ensemble acting on its mean Q-values (they must share
-    their observations; ``names``, e.g. their files, name a member that does not). The replay is :func:`~evaluate.rollout.rollout` itself (greedy Q
-    actions); its step hook scores all 12 cuts of each state before the action is applied."""
+    their observations; ``names``, e.g. their files, name a member that does not). The replay
+    is :func:`~evaluate.rollout.rollout` itself (greedy Q actions); its step hook scores all 12
+    cuts of each state before the action is applied."""
     last_q: list[np.ndarray] = []  # the Q-values of the batch the policy saw last
 
     def policy(obs: dict[str, np.ndarray]) -> np.ndarray:
