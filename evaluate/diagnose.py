@@ -194,6 +194,7 @@ def report(args: DiagnoseArgs) -> dict:
         else [trained_agent(args.dataset, args.class_name, args.agent)]
     )
     models = [DQN.load(z, device="cpu") for z in zips]
+    names = [str(z) for z in zips]
     world = CutWorld(args.dataset, args.split, args.class_name, device=args.device)
     world.require_positives()
     indices = world.positives[: args.max_images]
@@ -202,9 +203,9 @@ def report(args: DiagnoseArgs) -> dict:
         "dataset": args.dataset,
         "split": args.split,
         "class": args.class_name,
-        "agents": [str(z) for z in zips],
+        "agents": names,
     }
-    result |= diagnose(models, world, indices, delta, names=[str(z) for z in zips])
+    result |= diagnose(models, world, indices, delta, names=names)
     path = Path(args.out) / f"diagnose_{args.class_name}.json"
     write_json(path, result)
     e = result["ends"]

@@ -233,24 +233,25 @@ def evaluate_class(
     t = time.perf_counter()
     record("heatmap", {i: heat(i, FULL_CROP) for i in indices}, 1.0, time.perf_counter() - t)
 
-    def run_policy(name: str, policy: Policy, options: dict[str, bool]) -> list:
-        """Record ``name`` (and ``<name>_refined`` for agents); return the rollouts."""
+    def run_policy(
+        name: str, policy: Policy, options: dict[str, bool], refined: bool = True
+    ) -> tuple[dict[int, tuple], dict[int, list]]:
+        """Record ``name`` (and ``<name>_refined`` when ``refined``); return the final grid
+        crops and the trails of crops, per image."""
         t = time.perf_counter()
         out = rollout(world, indices, policy, delta, **options)
         secs = time.perf_counter() - t
         crops = {i: loc.crop for i, (loc, _) in zip(indices, out, strict=True)}
         calls = float(np.mean([loc.calls for loc, _ in out]))
         record(name, {i: box(i, crops[i]) for i in indices}, calls, secs)
-        if name != "random_agent":
+        if refined:
             t = time.perf_counter()
-            refined = {i: refine(res[name]["boxes"][i], heat(i, crops[i])) for i in indices}
-            record(f"{name}_refined", refined, calls, secs + time.perf_counter() - t)
-        return out
+            boxes = {i: refine(res[name]["boxes"][i], heat(i, crops[i])) for i in indices}
+            record(f"{name}_refined", boxes, calls, secs + time.perf_counter() - t)
+        return crops, {i: trail for i, (_, trail) in zip(indices, out, strict=True)}
 
-    run_policy("random_agent", random_policy(args.seed), observation_options(model))
-    out = run_policy("agent", sb3_policy(model), observation_options(model))
-    trails = {i: tr for i, (_, tr) in zip(indices, out, strict=True)}
-    crops = {i: loc.crop for i, (loc, _) in zip(indices, out, strict=True)}
+    run_policy("random_agent", random_policy(args.seed), observation_options(model), False)
+    crops, trails = run_policy("agent", sb3_policy(model), observation_options(model))
     if ensemble:
         models = [model, *(DQN.load(z, device=args.device) for z in ensemble[1:])]
         options = ensemble_options(models, [relpath(z) for z in ensemble])
