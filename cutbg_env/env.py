@@ -9,18 +9,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from cutbg_env.actions import CUT_ACTIONS, N_ACTIONS, Action
-from cutbg_env.core import (
-    FEATURE_HIGH,
-    HISTORY,
-    CutWorld,
-    Episode,
-    ImageSampler,
-    new_episode,
-    resolve_delta,
-    step_episodes,
-)
+from cutbg_env.actions import N_ACTIONS, Action
+from cutbg_env.calibration import resolve_delta
+from cutbg_env.episode import HISTORY, Episode, ImageSampler, new_episode, step_episodes
 from cutbg_env.geometry import Crop, crop_to_box
+from cutbg_env.world import FEATURE_HIGH, CutWorld
 
 
 class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
@@ -64,10 +57,6 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     * ``"score"`` (only with ``observe_score=True``): ``Box([0, -1], [1, 1], (2,))``: ``p̂`` and
       the drop ``p̄ − p̂`` of the current crop (see Rewards), from the same forward as the
       features. Not in the paper's state; the trainer adds it by default.
-    * ``"cut_mass"`` (only with ``observe_cut_mass=True``): ``Box(0, 1, (12,))``: for each cut
-      (actions 0–11), the share of the current crop's heat-map mass it would remove. The heat-map
-      is the one refinement uses (paper §2.3: the sum over channels of the mid-level map), which
-      is computed once per image, so this costs no classifier call. Not in the paper's state.
 
     Bytes per observation (float32): ``4·(C·49 + 52)`` = 12,752 for ``C`` = 64 and 100,560 for
     ``C`` = 512; ``obs_dtype="float16"`` halves that (a replay buffer stores two per transition).
@@ -106,7 +95,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     ```
 
     * ``dataset``/``root``/``split``/``class_name``/``checkpoint``/``device``/``max_images``: see
-      :class:`cutbg_env.core.CutWorld`. ``checkpoint=None`` reads ``runs/<dataset>/classifier.pt``
+      :class:`cutbg_env.world.CutWorld`. ``checkpoint=None`` reads ``runs/<dataset>/classifier.pt``
       and says which command creates it when it is missing.
     * ``delta``: the score-drop threshold δ; ``None`` reads the calibrated per-class value from
       ``runs/<dataset>/calibration.json`` (``python -m train calibrate``), else 0.1.
@@ -114,7 +103,6 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     * ``terminate_on_drop``: end the episode on a cut whose drop exceeds δ.
     * ``obs_dtype``: ``"float32"`` (default) or ``"float16"`` for the features and history.
     * ``observe_score``: add the ``"score"`` observation (default ``False``: the paper's state).
-    * ``observe_cut_mass``: add the ``"cut_mass"`` observation (default ``False``).
     * ``render_mode``: ``"rgb_array"`` draws the image with each cut (green), the current crop
       (blue) and the class's ground-truth boxes (red), like the paper's Fig. 3.
 
@@ -125,8 +113,8 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
 
     ## Version History
 
-    * v0: initial version; ``observe_score`` and ``observe_cut_mass`` are optional additions (off by
-      default), which change nothing else.
+    * v0: initial version; ``observe_score`` is an optional addition (off by default), which
+      changes nothing else.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -144,7 +132,6 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         terminate_on_drop: bool = True,
         obs_dtype: str = "float32",
         observe_score: bool = False,
-        observe_cut_mass: bool = False,
         max_images: int | None = None,
         render_mode: str | None = None,
         world: CutWorld | None = None,
@@ -163,7 +150,6 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
             raise ValueError(f"obs_dtype={obs_dtype!r}: expected 'float32' or 'float16'")
         self.obs_dtype = np.dtype(obs_dtype)
         self.observe_score = bool(observe_score)
-        self.observe_cut_mass = bool(observe_cut_mass)
         channels = self.world.model.senior_channels
         self.action_space = spaces.Discrete(N_ACTIONS)
         obs_spaces = {
@@ -177,8 +163,6 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
                 (2,),
                 self.obs_dtype,
             )
-        if self.observe_cut_mass:
-            obs_spaces["cut_mass"] = spaces.Box(0.0, 1.0, (len(CUT_ACTIONS),), self.obs_dtype)
         self.observation_space = spaces.Dict(obs_spaces)
         self._sampler = ImageSampler(self.world)
         self._episode: Episode | None = None
@@ -214,7 +198,6 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
             self.eta,
             self.terminate_on_drop,
             self.observe_score,
-            self.observe_cut_mass,
         )
 
     def render(self) -> np.ndarray | None:

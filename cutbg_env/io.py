@@ -1,9 +1,11 @@
-"""Atomic file writes: a temp file in the destination folder, then ``os.replace``."""
+"""File output: atomic writes (a temp file in the destination folder, then ``os.replace``) and
+the one-line progress messages of the commands."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,3 +41,16 @@ def write_text(path: str | Path, text: str) -> None:
     """Write text atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def log(msg: str) -> None:
+    """One progress line on stderr."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def relpath(path: str | Path) -> str:
+    """``path`` shown relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -1,6 +1,7 @@
 """Localizers that need no learning, batched over images: the policy the reward describes
-(greedy cutting), the proposal-based baseline (exhaustive windows) and the sum-pooled heat-maps
-used for refinement (paper §2.3). All work on a :class:`~cutbg_env.core.CutWorld`.
+(greedy cutting) and the proposal-based baseline (exhaustive windows), and the scores of all 12
+cuts of a crop that greedy cutting and ``evaluate.diagnose`` judge cuts by. All work on a
+:class:`~cutbg_env.world.CutWorld`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import numpy as np
 import torch
 
 from cutbg_env.actions import CUT_ACTIONS, apply_cut
-from cutbg_env.core import CutWorld
-from cutbg_env.geometry import FULL_CROP, GRID, Crop, crop_masks
+from cutbg_env.geometry import FULL_CROP, GRID, Crop
+from cutbg_env.world import CutWorld
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,34 @@ class Localization:
     crop: Crop
     calls: int
     steps: int
+
+
+def score_cuts(
+    world: CutWorld, mids: torch.Tensor, crops: Sequence[Crop]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score all 12 cuts of each crop in one batched forward.
+
+    Args:
+        world: the classifier world.
+        mids: ``(N, C_mid, 28, 28)`` mid-level maps, one per crop.
+        crops: ``N`` current grid crops.
+
+    Returns:
+        ``(scores, removed)``, both ``(N, 12)`` in :data:`~cutbg_env.actions.CUT_ACTIONS` order:
+        ``p̂`` of each cut's crop (NaN for a cut that can remove nothing, which is not scored and
+        costs no call) and the cells each cut removes.
+    """
+    plans = [[apply_cut(crop, a) for a in CUT_ACTIONS] for crop in crops]
+    removed = np.asarray([[r for _, r in row] for row in plans], dtype=np.int64).reshape(
+        len(crops), len(CUT_ACTIONS)
+    )
+    scores = np.full(removed.shape, np.nan)
+    rows, cols = np.nonzero(removed)
+    if len(rows):
+        sel = torch.as_tensor(rows, device=mids.device)
+        cand = np.asarray([plans[j][k][0] for j, k in zip(rows, cols, strict=True)])
+        _, scores[rows, cols] = world.score_crops(mids[sel], cand)
+    return scores, removed
 
 
 def greedy_cut(
@@ -36,7 +65,7 @@ def greedy_cut(
     the one keeping the highest score); stop when none does.
 
     Costs 1 call for ``p̄`` plus one per tried cut. Images are processed ``chunk`` at a time, all
-    their candidate cuts in one forward.
+    their candidate cuts in one forward (:func:`score_cuts`).
     """
     out: list[Localization] = []
     for start in range(0, len(indices), chunk):
@@ -48,29 +77,18 @@ def greedy_cut(
         steps = [0] * len(idx)
         active = list(range(len(idx)))
         while active:
-            cand: list[tuple[int, Crop, int]] = []
-            for j in active:
-                for a in CUT_ACTIONS:
-                    c, removed = apply_cut(crops[j], a)
-                    if removed:
-                        cand.append((j, c, removed))
-            if not cand:
-                break
-            sel = torch.as_tensor([j for j, _, _ in cand], device=mids.device)
-            _, scores = world.evaluate(mids[sel], np.asarray([c for _, c, _ in cand]))
-            best: dict[int, tuple[int, float, Crop]] = {}
-            for (j, c, removed), p in zip(cand, scores, strict=True):
-                calls[j] += 1
-                if p_full[j] - p <= delta:
-                    key = (removed, float(p))
-                    if j not in best or key > best[j][:2]:
-                        best[j] = (removed, float(p), c)
+            scores, removed = score_cuts(world, mids[active], [crops[j] for j in active])
             still = []
-            for j in active:
-                if j in best and steps[j] < max_steps:
-                    crops[j] = best[j][2]
-                    steps[j] += 1
-                    still.append(j)
+            for row, j in enumerate(active):
+                calls[j] += int((removed[row] > 0).sum())
+                ok = removed[row] > 0
+                ok[ok] = p_full[j] - scores[row][ok] <= delta
+                if not ok.any() or steps[j] >= max_steps:
+                    continue
+                k = max(np.flatnonzero(ok), key=lambda k: (removed[row, k], scores[row, k]))
+                crops[j] = apply_cut(crops[j], CUT_ACTIONS[k])[0]
+                steps[j] += 1
+                still.append(j)
             active = still
         out += [Localization(c, n, s) for c, n, s in zip(crops, calls, steps, strict=True)]
     return out
@@ -104,33 +122,3 @@ def exhaustive(
         best = windows[int(np.argmax(scores))]
         out.append(Localization(tuple(int(v) for v in best), len(windows), 0))  # type: ignore[arg-type]
     return out
-
-
-HEATMAP_LAYERS = ("mid", "senior")
-
-
-def heatmaps(world: CutWorld, index: int, crops: np.ndarray, layer: str = "mid") -> np.ndarray:
-    """Sum over channels of the feature maps of zero-padded crops (paper §2.3).
-
-    Args:
-        world: the classifier world.
-        index: dataset image index.
-        crops: ``(N, 4)`` grid crops; ``FULL_CROP`` gives the whole image's heat-map.
-        layer: ``"mid"`` (the 28×28 mid-level map, zero outside the crop) or ``"senior"``
-            (``upper``'s 7×7 output on the zero-padded crop, zeroed outside the crop's cells).
-
-    Returns:
-        ``(N, h, w)`` float64 heat-maps (``h = w = 28`` or 7).
-    """
-    if layer not in HEATMAP_LAYERS:
-        raise ValueError(f"heat-map layer {layer!r}: expected one of {HEATMAP_LAYERS}")
-    mid = world.mid_maps([index])
-    crops_t = torch.as_tensor(np.asarray(crops), dtype=torch.long, device=mid.device)
-    mask = crop_masks(crops_t, mid.shape[-1]).to(mid.dtype)
-    x = mid * mask
-    if layer == "mid":
-        return x.float().sum(1).cpu().double().numpy()
-    with torch.inference_mode():
-        feats = world.model.upper(x.to(next(world.model.parameters()).dtype)).float()
-    small = torch.nn.functional.adaptive_max_pool2d(mask.float(), feats.shape[-1])
-    return (feats.sum(1) * small[:, 0]).cpu().double().numpy()

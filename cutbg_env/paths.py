@@ -1,12 +1,23 @@
-"""Default locations of generated data and runs (both git-ignored, relative to the checkout).
+"""Where generated data, classifiers, calibrations and agents live, and how to make them.
 
-``CUTBG_DATA`` and ``CUTBG_RUNS`` override the two base folders.
+Default locations are relative to the checkout (both git-ignored): ``data/`` and ``runs/``;
+``CUTBG_DATA`` and ``CUTBG_RUNS`` override the two base folders. A class's run folder is
+``runs/<dataset>/<class>/`` (``agent.zip``, ``config.json``, ``refinement.json``, TensorBoard
+logs); its ensemble members are ``runs/<dataset>/<class>/ensemble/seed_<N>/``, one run folder
+each.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+DEFAULT_DATASET = "animals"
+"""The embedded cluttered-animals set (generated on first use)."""
+AGENT_FILE = "agent.zip"
+"""The trained agent in a run folder (SB3's zip; ``DQN.load`` reads it)."""
+CONFIG_FILE = "config.json"
+"""A run's arguments, the δ it was trained with and its timings, in its run folder."""
 
 
 def data_dir() -> Path:
@@ -24,18 +35,28 @@ def dataset_key(dataset: str) -> str:
     return Path(dataset).name if ("/" in dataset or os.sep in dataset) else dataset
 
 
+def make_command(target: str, dataset: str, **variables: object) -> str:
+    """The ``make`` command line of a pipeline stage: ``make_command("train", "voc2007",
+    CLASS="cat")`` is ``make train CLASS=cat DATASET=voc2007``; ``DATASET`` is left out on the
+    embedded default."""
+    words = ["make", target, *(f"{k}={v}" for k, v in variables.items())]
+    if dataset != DEFAULT_DATASET:
+        words.append(f"DATASET={dataset}")
+    return " ".join(words)
+
+
 def classifier_path(dataset: str) -> Path:
     """Where ``make train-classifier`` writes the classifier of a dataset."""
     return runs_dir() / dataset_key(dataset) / "classifier.pt"
 
 
 def calibration_path(dataset: str) -> Path:
-    """Per-class δ and heat-map thresholds written by ``python -m train calibrate``."""
+    """Per-class δ and heat-map settings written by ``python -m train calibrate``."""
     return runs_dir() / dataset_key(dataset) / "calibration.json"
 
 
 def agent_dir(dataset: str, class_name: str) -> Path:
-    """Folder of one class's agent (``agent.zip``, ``config.json``, TensorBoard logs)."""
+    """Run folder of one class's agent (``agent.zip``, ``config.json``, TensorBoard logs)."""
     return runs_dir() / dataset_key(dataset) / class_name
 
 

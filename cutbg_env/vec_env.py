@@ -2,7 +2,7 @@
 
 Stable-Baselines3's ``DummyVecEnv`` steps N single envs one after the other, so each env step is
 one batch-1 forward of ``upper`` + ``head``. :class:`BatchedCutBackgroundVecEnv` keeps N
-:class:`~cutbg_env.core.Episode` states over one shared :class:`~cutbg_env.core.CutWorld` and
+:class:`~cutbg_env.episode.Episode` states over one shared :class:`~cutbg_env.world.CutWorld` and
 scores all their planned crops in a single batched forward. Mid-level maps and whole-map scores
 are cached per image, so a reset costs no forward after an image's first episode.
 
@@ -10,14 +10,6 @@ Transitions equal those of N single envs (``gym.make("CutBackground-v0")``) seed
 ``seed + i``, auto-reset as SB3 expects: at an episode end the returned observation is the next
 episode's first one, and ``info["terminal_observation"]`` holds the last one;
 ``info["TimeLimit.truncated"]`` is True when the step limit (not the agent) ended it.
-
-Counterfactual transitions (``branches=K``, default 0): the env is deterministic given the
-state, so each step can also try ``K`` other actions from the same state, drawn uniformly without
-replacement from the 12 not taken, scored in the same batched forward. They are returned, not
-applied: ``info["branches"]`` is a list of ``K`` dicts ``{"action": int, "reward": float,
-"terminated": bool, "truncated": bool, "observation": obs}`` (the state each action would have
-led to). An off-policy learner may store them as extra transitions; on-policy ones ignore them.
-Each costs one classifier call (none for ``STOP`` and impossible cuts).
 """
 
 from __future__ import annotations
@@ -32,9 +24,9 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from cutbg_env import MAX_EPISODE_STEPS
-from cutbg_env.actions import N_ACTIONS, Action
-from cutbg_env.core import CutWorld, Episode, ImageSampler, step_episodes
 from cutbg_env.env import CutBackgroundEnv, draw_crops, parse_action
+from cutbg_env.episode import Episode, ImageSampler, stack_obs, step_episodes
+from cutbg_env.world import CutWorld
 
 
 class BatchedCutBackgroundVecEnv(VecEnv):
@@ -44,8 +36,6 @@ class BatchedCutBackgroundVecEnv(VecEnv):
         n_envs: number of parallel episodes.
         max_episode_steps: truncation limit, as the registered env's ``TimeLimit``.
         world: share an existing :class:`CutWorld` (else one is built from the kwargs).
-        branches: other actions tried per env and step, returned in ``info["branches"]``
-            (0 = none; at most 12).
         **env_kwargs: the single env's keyword arguments (``dataset``, ``class_name``,
             ``delta``, ``eta``, ``obs_dtype``, ...).
     """
@@ -55,13 +45,10 @@ class BatchedCutBackgroundVecEnv(VecEnv):
         n_envs: int,
         max_episode_steps: int = MAX_EPISODE_STEPS,
         world: CutWorld | None = None,
-        branches: int = 0,
         **env_kwargs: Any,
     ) -> None:
         if n_envs < 1:
             raise ValueError(f"n_envs={n_envs}: need at least one env")
-        if not 0 <= branches < N_ACTIONS:
-            raise ValueError(f"branches={branches}: expected 0..{N_ACTIONS - 1} other actions")
         self._template = tpl = CutBackgroundEnv(world=world, **env_kwargs)
         self.world = tpl.world
         self.delta, self.eta = tpl.delta, tpl.eta
@@ -73,8 +60,6 @@ class BatchedCutBackgroundVecEnv(VecEnv):
         self._samplers = [ImageSampler(self.world) for _ in range(n_envs)]
         self._episodes: list[Episode | None] = [None] * n_envs
         self._actions: np.ndarray | None = None
-        self.branches = branches
-        self._branch_rng = np.random.default_rng()
 
     # -- helpers ---------------------------------------------------------------------------
     def _start(self, i: int, seed: int | None, options: dict[str, Any] | None) -> Episode:
@@ -87,20 +72,15 @@ class BatchedCutBackgroundVecEnv(VecEnv):
         self._episodes[i] = ep
         return ep
 
-    def _stack(self, obs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return {k: np.stack([o[k] for o in obs]) for k in obs[0]}
-
     # -- VecEnv API ------------------------------------------------------------------------
     def reset(self) -> VecEnvObs:
-        if self._seeds[0] is not None:
-            self._branch_rng = np.random.default_rng([self._seeds[0], N_ACTIONS])
         obs = []
         for i in range(self.num_envs):
             ep = self._start(i, self._seeds[i], self._options[i] or None)
             obs.append(ep.obs(self.obs_dtype))
         self._reset_seeds()
         self._reset_options()
-        return self._stack(obs)
+        return stack_obs(obs)
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions)
@@ -110,29 +90,13 @@ class BatchedCutBackgroundVecEnv(VecEnv):
             raise RuntimeError("BatchedCutBackgroundVecEnv.step() called before reset()")
         episodes: list[Episode] = self._episodes  # type: ignore[assignment]
         acts = [parse_action(a) for a in self._actions.reshape(self.num_envs)]
-        twins, twin_acts = self._plan_branches(episodes, acts)
-        outcomes = step_episodes(self.world, episodes + twins, acts + twin_acts)
-        outcomes, twin_outcomes = outcomes[: self.num_envs], outcomes[self.num_envs :]
+        outcomes = step_episodes(self.world, episodes, acts)
         obs, rewards = [], np.zeros(self.num_envs, dtype=np.float32)
         dones = np.zeros(self.num_envs, dtype=bool)
         infos: list[dict[str, Any]] = []
         for i, (ep, (reward, terminated)) in enumerate(zip(episodes, outcomes, strict=True)):
             truncated = not terminated and ep.steps >= self.max_episode_steps
             info = ep.info()
-            if self.branches:
-                k = slice(i * self.branches, (i + 1) * self.branches)
-                info["branches"] = [
-                    {
-                        "action": int(a),
-                        "reward": r,
-                        "terminated": t,
-                        "truncated": not t and twin.steps >= self.max_episode_steps,
-                        "observation": twin.obs(self.obs_dtype),
-                    }
-                    for twin, a, (r, t) in zip(
-                        twins[k], twin_acts[k], twin_outcomes[k], strict=True
-                    )
-                ]
             o = ep.obs(self.obs_dtype)
             if terminated or truncated:
                 info["terminal_observation"] = o
@@ -142,22 +106,7 @@ class BatchedCutBackgroundVecEnv(VecEnv):
             obs.append(o)
             infos.append(info)
         self._actions = None
-        return self._stack(obs), rewards, dones, infos
-
-    def _plan_branches(
-        self, episodes: Sequence[Episode], acts: Sequence[Action]
-    ) -> tuple[list[Episode], list[Action]]:
-        """Copies of each episode and the other actions to try on them (``branches`` per env)."""
-        twins: list[Episode] = []
-        twin_acts: list[Action] = []
-        if not self.branches:
-            return twins, twin_acts
-        for ep, a in zip(episodes, acts, strict=True):
-            others = [b for b in range(N_ACTIONS) if b != int(a)]
-            for b in self._branch_rng.choice(others, size=self.branches, replace=False):
-                twins.append(ep.clone())
-                twin_acts.append(Action(int(b)))
-        return twins, twin_acts
+        return stack_obs(obs), rewards, dones, infos
 
     def close(self) -> None:
         self._episodes = [None] * self.num_envs

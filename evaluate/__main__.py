@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cutbg_env.config import command_main
+from cutbg_env.cli import command_main
 
 
 def main(argv: list[str] | None = None) -> int:

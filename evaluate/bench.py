@@ -29,16 +29,20 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3 import DQN
+from stable_baselines3.common.vec_env import VecMonitor
 
 import cutbg_env  # noqa: F401 - registers the env
 from cutbg_env import paths
 from cutbg_env.backbone import BackboneConfig, Classifier, load_classifier, save_classifier
-from cutbg_env.config import command_main
-from cutbg_env.core import CutWorld
+from cutbg_env.cli import command_main
 from cutbg_env.data import VOCDataset, resolve_dataset
+from cutbg_env.dqn import DQNArgs
 from cutbg_env.io import write_json
 from cutbg_env.localize import exhaustive, exhaustive_windows
+from cutbg_env.rollout import observation_options, rollout, sb3_policy
 from cutbg_env.vec_env import BatchedCutBackgroundVecEnv
+from cutbg_env.world import CutWorld
 
 
 @dataclass(frozen=True)
@@ -154,33 +158,14 @@ def bench(args: BenchArgs) -> dict:
     )
     ceiling = {"batch_1": rates["ceiling_1"], f"batch_{n_envs}": rates["ceiling_n"]}
     env_steps = {"single": rates["single"], "batched": rates["batched"], "n_envs": n_envs}
-    from stable_baselines3 import DQN
-    from stable_baselines3.common.vec_env import VecMonitor
-
-    from train.agent import AgentArgs, algorithm, policy_kwargs
-
     voc = device.type == "cuda"
-    agent_args = AgentArgs(dataset="voc2007" if voc else "animals").resolved()
+    agent_args = DQNArgs().resolved_for("voc2007" if voc else "animals")
     # the DQN as `make train` builds it: same algorithm, observation and Q-network
     train_venv = BatchedCutBackgroundVecEnv(
-        n_envs,
-        world=world,
-        observe_score=agent_args.observe_score,
-        observe_cut_mass=agent_args.observe_cut_mass,
-        branches=agent_args.branches,
-        **kwargs,
+        n_envs, world=world, observe_score=agent_args.observe_score, **kwargs
     )
-    algo, policy = algorithm(agent_args)
-    dqn = algo(
-        policy,
-        VecMonitor(train_venv),
-        buffer_size=20_000,
-        learning_starts=1000,
-        batch_size=agent_args.batch_size,
-        train_freq=agent_args.train_freq,
-        gradient_steps=agent_args.gradient_steps,
-        policy_kwargs=policy_kwargs(agent_args),
-        device=args.device,
+    dqn = dataclasses.replace(agent_args, buffer_size=20_000).build(
+        VecMonitor(train_venv), device=args.device
     )
     dqn.learn(2000)  # warm-up, fills learning_starts
     steps = max(4000, int(env_steps["batched"] * args.seconds * 0.5) // n_envs * n_envs)
@@ -189,10 +174,8 @@ def bench(args: BenchArgs) -> dict:
     _sync(device)
     dqn_rate = steps / (time.perf_counter() - t0)
     # localization latency, one image at a time
-    from evaluate.rollout import observation_options, rollout, sb3_policy
-
     images = world.positives[:20]
-    trained = paths.agent_dir("animals", args.class_name) / "agent.zip"
+    trained = paths.agent_dir("animals", args.class_name) / paths.AGENT_FILE
     use_trained = device.type == "cpu" and trained.is_file() and not args.checkpoint
     agent = DQN.load(trained, device=args.device) if use_trained else dqn
     policy, options = sb3_policy(agent), observation_options(agent)

@@ -15,43 +15,45 @@ measure:
   over states that have both). 1.0 = it knows which cuts keep the object; 0.5 = chance.
 
 ``greedy_cut`` (``python -m evaluate``) is the same rule with the 12 verdicts known at each step;
-an agent with ``q_auc`` near 1 and chosen-valid near 1 matches it; ``python -m
-evaluate.ceiling`` measures how near the agent's state allows. ``--ensemble`` replays the
+an agent with ``q_auc`` near 1 and chosen-valid near 1 matches it. ``--ensemble`` replays the
 class's agent and its ensemble members (``make train-ensemble``) acting on their mean Q-values,
-as ``agent_ensemble`` does. Writes ``results/diagnose_<class>.json`` and prints a table.
+as ``agent_ensemble`` does. The verdicts use the δ the agent was trained with (its
+``config.json``). Writes ``results/diagnose_<class>.json`` and prints a table.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import tyro
 from stable_baselines3 import DQN
 
 from cutbg_env import MAX_EPISODE_STEPS
-from cutbg_env.actions import CUT_ACTIONS, Action, apply_cut
-from cutbg_env.config import command_main
-from cutbg_env.core import CutWorld, Episode, resolve_delta
+from cutbg_env.actions import CUT_ACTIONS, Action
+from cutbg_env.cli import StageArgs, command_main
+from cutbg_env.episode import Episode
 from cutbg_env.errors import OptionError
 from cutbg_env.io import write_json
-from evaluate.rollout import ensemble_options, mean_q_values, rollout
-from train.agent import ensemble_agents, trained_agent
+from cutbg_env.localize import score_cuts
+from cutbg_env.rollout import ensemble_options, mean_q_values, rollout
+from cutbg_env.runs import ensemble_agents, trained_agent, trained_delta
+from cutbg_env.world import CutWorld
 
 STEP_BANDS = ((0, 5), (5, 10), (10, MAX_EPISODE_STEPS))
 """Step ranges ``[lo, hi)`` the per-step rates are reported over."""
 
 
 @dataclass(frozen=True)
-class DiagnoseArgs:
+class DiagnoseArgs(StageArgs):
     """Validity of the agent's cuts against all 12 cuts' verdicts, state by state."""
 
-    class_name: str = field(default="dog", metadata={"flags": ("--class",)})
+    class_name: Annotated[str, tyro.conf.arg(aliases=("--class",))] = "dog"
     """Class whose agent is diagnosed."""
-    dataset: str = "animals"
-    """Dataset name or VOC-layout folder."""
     split: str = "test"
     """Split whose positive images are replayed."""
     agent: str | None = None
@@ -62,8 +64,6 @@ class DiagnoseArgs:
     """Use only the first N positive images."""
     out: str = "results"
     """Folder of ``diagnose_<class>.json``."""
-    device: str = "cpu"
-    """Torch device of the classifier."""
 
 
 def ranking_auc(q: np.ndarray, valid: np.ndarray) -> float | None:
@@ -88,16 +88,12 @@ def ranking_auc(q: np.ndarray, valid: np.ndarray) -> float | None:
 def cut_verdicts(world: CutWorld, episodes: Sequence[Episode]) -> np.ndarray:
     """``(N, 12)`` bool: would each cut of each episode's current crop keep the drop ≤ δ?
 
-    One batched forward of ``12 N`` crops; a cut that can remove nothing is not valid (the env
-    penalises it)."""
-    plans = [[apply_cut(ep.crop, a) for a in CUT_ACTIONS] for ep in episodes]
-    crops = np.asarray([c for row in plans for c, _ in row])
-    mids = world.mid_maps([ep.index for ep in episodes for _ in CUT_ACTIONS])
-    _, scores = world.evaluate(mids, crops)
-    scores = scores.reshape(len(episodes), len(CUT_ACTIONS))
-    removed = np.asarray([[r > 0 for _, r in row] for row in plans])
-    drops = np.asarray([ep.p_full for ep in episodes])[:, None] - scores
-    return (drops <= np.asarray([ep.delta for ep in episodes])[:, None]) & removed
+    One batched forward (:func:`~cutbg_env.localize.score_cuts`); a cut that can remove nothing
+    is not valid (the env penalises it)."""
+    mids = world.mid_maps([ep.index for ep in episodes])
+    scores, removed = score_cuts(world, mids, [ep.crop for ep in episodes])
+    drops = np.asarray([ep.p_full for ep in episodes])[:, None] - scores  # NaN: no cut
+    return (drops <= np.asarray([ep.delta for ep in episodes])[:, None]) & (removed > 0)
 
 
 def diagnose(
@@ -112,7 +108,7 @@ def diagnose(
 
     ``models``: one trained agent, or an ensemble acting on its mean Q-values (they must share
     their observations; ``names``, e.g. their files, name a member that does not). The replay
-    is :func:`~evaluate.rollout.rollout` itself (greedy Q actions); its step hook scores all 12
+    is :func:`~cutbg_env.rollout.rollout` itself (greedy Q actions); its step hook scores all 12
     cuts of each state before the action is applied."""
     last_q: list[np.ndarray] = []  # the Q-values of the batch the policy saw last
 
@@ -195,10 +191,12 @@ def report(args: DiagnoseArgs) -> dict:
     )
     models = [DQN.load(z, device="cpu") for z in zips]
     names = [str(z) for z in zips]
-    world = CutWorld(args.dataset, args.split, args.class_name, device=args.device)
+    world = CutWorld(
+        args.dataset, args.split, args.class_name, args.checkpoint, args.root, args.device
+    )
     world.require_positives()
     indices = world.positives[: args.max_images]
-    delta = resolve_delta(args.dataset, args.class_name, None)
+    delta = trained_delta(zips[0])
     result = {
         "dataset": args.dataset,
         "split": args.split,

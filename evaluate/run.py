@@ -9,37 +9,46 @@ Methods (same classifier, same images: every test image, positives and negatives
 * ``agent_refined``: the agent's box intersected with the heat-map rectangle of its crop (§2.3).
 * ``exhaustive``: the highest-scoring of ~2,000 multi-scale windows (the proposal approach).
 * ``greedy_cut``: the reward's own policy, all 12 cuts tried every step (~200 calls).
-* ``agent_ensemble`` / ``agent_ensemble_refined`` (only when every class has ensemble members,
-  ``make train-ensemble``): greedy actions on the mean Q-values of the class's agent and its
-  members, and that box refined; the same classifier calls per step as ``agent``.
+* ``agent_ensemble`` / ``agent_ensemble_refined`` (with ``--ensemble``; every class needs
+  ensemble members, ``make train-ensemble``): greedy actions on the mean Q-values of the class's
+  agent and its members, and that box refined; the same classifier calls per step as ``agent``.
 
-The confidence of every box is the full-image score ``p̄(c|x)`` (the paper's definition).
+The confidence of every box is the full-image score ``p̄(c|x)`` (the paper's definition). Every
+rule-based row of a class runs at the δ its agent was trained with (its ``config.json``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from stable_baselines3 import DQN
 
 from cutbg_env import paths
 from cutbg_env.backbone import load_classifier
-from cutbg_env.core import CutWorld, load_calibration, resolve_delta
-from cutbg_env.env import draw_crops
+from cutbg_env.calibration import load_calibration
+from cutbg_env.cli import StageArgs
+from cutbg_env.data import dataset_splits, open_split
 from cutbg_env.errors import CheckpointError
 from cutbg_env.geometry import FULL_CROP, crop_to_box
-from cutbg_env.io import atomic_path, write_json, write_text
-from cutbg_env.localize import exhaustive, exhaustive_windows, greedy_cut, heatmaps
-from evaluate.metrics import average_precision, corloc, plot_pr_curve, precision_recall
-from evaluate.refine import heatmap_box, refine
-from evaluate.rollout import (
+from cutbg_env.io import log, relpath, write_json, write_text
+from cutbg_env.localize import exhaustive, exhaustive_windows, greedy_cut
+from cutbg_env.metrics import average_precision, corloc, plot_pr_curve, precision_recall
+from cutbg_env.refine import (
+    REFINEMENT_FILE,
+    Setting,
+    evaluation_settings,
+    heatmap_box,
+    heatmaps,
+    read_refinement,
+    refine,
+    setting_key,
+)
+from cutbg_env.rollout import (
     Policy,
     ensemble_options,
     ensemble_policy,
@@ -48,9 +57,9 @@ from evaluate.rollout import (
     rollout,
     sb3_policy,
 )
-from train.agent import REFINEMENT_FILE, ensemble_agents
-from train.calibrate import Setting, parse_setting, pooled_setting, setting_key
-from train.common import check_class, log, open_split, relpath, splits
+from cutbg_env.runs import ensemble_agents, trained_agent, trained_delta
+from cutbg_env.world import CutWorld
+from evaluate.figures import write_figure
 
 METHODS = (
     "full_image",
@@ -65,24 +74,14 @@ ENSEMBLE_METHODS = ("agent_ensemble", "agent_ensemble_refined")
 """Rows added when every evaluated class has ensemble members (see :func:`ensemble_members`)."""
 
 
-REFINEMENT_RULES = ("pooled", "own")
-"""How :class:`EvalArgs` picks the refinement's heat-map setting (see :func:`agent_settings`)."""
-
-
 @dataclass(frozen=True)
-class EvalArgs:
+class EvalArgs(StageArgs):
     """Evaluate every method on a test split and write results/eval.{json,md} and figures."""
 
-    dataset: str = "animals"
-    """Dataset: animals (embedded), voc2007, voc2012 or a VOC-layout folder."""
-    root: str | None = None
-    """Dataset folder overriding the default location of ``dataset``."""
     split: str | None = None
     """Test split (default: test; val for voc2012)."""
     classes: str | None = None
     """Comma-separated classes (default: every class with a trained agent)."""
-    checkpoint: str | None = None
-    """Classifier checkpoint (default: runs/<dataset>/classifier.pt)."""
     exhaustive_windows: int = 2025
     """Windows scored per image by ``exhaustive`` (2,025 = the full multi-scale set)."""
     max_images: int | None = None
@@ -91,101 +90,25 @@ class EvalArgs:
     """Images per class drawn as cutting-process / refinement figures."""
     out: str = "results"
     """Output folder."""
-    refinement: str = field(default="pooled", metadata={"choices": REFINEMENT_RULES})
-    """Heat-map setting of heatmap and agent_refined: pooled (one for all classes) or own."""
     seed: int = 0
     """Seed of the random agent."""
-    ensemble: bool = True
-    """Add the agent_ensemble rows when every class has ensemble members (make train-ensemble)."""
-    device: str = "cpu"
-    """Torch device."""
+    ensemble: bool = False
+    """Add the agent_ensemble rows (every class needs ensemble members: make train-ensemble)."""
 
 
-def ensemble_members(args: EvalArgs, classes: list[str]) -> dict[str, list[Path]]:
-    """Per class, the zips of the ensemble evaluated as ``agent_ensemble`` (the agent first): all
-    of :func:`~train.agent.ensemble_agents` when ``args.ensemble`` and every class has a member,
-    else ``{}`` (and a log line names the classes without one)."""
-    if not args.ensemble:
-        return {}
-    members = {c: ensemble_agents(args.dataset, c) for c in classes}
+def ensemble_members(dataset: str, classes: Sequence[str]) -> dict[str, list[Path]]:
+    """Per class, the zips of the ensemble evaluated as ``agent_ensemble`` (the agent first,
+    :func:`~cutbg_env.runs.ensemble_agents`). Raises :class:`CheckpointError` naming the first
+    class without a member and the command that trains them."""
+    members = {c: ensemble_agents(dataset, c) for c in classes}
     lacking = [c for c, m in members.items() if len(m) < 2]
-    if len(lacking) < len(classes) and lacking:
-        log(
-            f"no agent_ensemble rows: {', '.join(lacking)} has no ensemble member "
-            f"(`make train-ensemble CLASS={lacking[0]}`)"
-        )
-    return {} if lacking else members
-
-
-def _agent_path(dataset: str, cls: str) -> Path:
-    return paths.agent_dir(dataset, cls) / "agent.zip"
-
-
-def _agent_refinement(dataset: str, cls: str) -> dict | None:
-    """The agent's ``refinement.json`` (``None`` when there is none)."""
-    path = paths.agent_dir(dataset, cls) / REFINEMENT_FILE
-    if not path.is_file():
-        return None
-    try:
-        own = json.loads(path.read_text())
-        hits = own.get("validation", {}).get("hits")
-        own["setting"] = (
-            str(own["heatmap_layer"]),
-            str(own.get("heatmap_region", "peak")),
-            float(own["heatmap_threshold"]),
-        )
-        if hits is not None:
-            own["hits"] = {setting_key(parse_setting(k)): int(v) for k, v in hits.items()}
-        return own
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    if lacking:
         raise CheckpointError(
-            f"{path} is unreadable ({exc!r}): delete it or retrain with `make train CLASS={cls}`"
-        ) from exc
-
-
-def refinement_setting(dataset: str, cls: str, calib: dict) -> Setting:
-    """Heat-map ``(layer, region, threshold)`` of a class: the agent's own choice
-    (``runs/<dataset>/<class>/refinement.json``, written after training) when there is one, else
-    the calibration's (chosen on greedy boxes), else ``("mid", "peak", 0.5)``."""
-    return _setting(_agent_refinement(dataset, cls), cls, calib)
-
-
-def _setting(own: dict | None, cls: str, calib: dict) -> Setting:
-    """:func:`refinement_setting` from an already read ``refinement.json`` (or ``None``)."""
-    if own is not None:
-        return own["setting"]
-    return (
-        str(calib.get("heatmap_layer", {}).get(cls, "mid")),
-        str(calib.get("heatmap_region", {}).get(cls, "peak")),
-        float(calib.get("heatmap_threshold", {}).get(cls, 0.5)),
-    )
-
-
-def agent_settings(
-    dataset: str, classes: list[str], calib: dict, rule: str = "pooled"
-) -> tuple[dict[str, Setting], str]:
-    """The refinement setting of each class, and a line saying how it was chosen.
-
-    ``own``: each class's :func:`refinement_setting`. ``pooled``: one setting for every class,
-    :func:`~train.calibrate.pooled_setting` over the validation hit tables in the agents'
-    ``refinement.json``; when a class has no table (an agent trained before the tables were
-    written), every class keeps its own setting and the line says so.
-    """
-    if rule not in REFINEMENT_RULES:
-        raise ValueError(f"refinement={rule!r}: expected one of {REFINEMENT_RULES}")
-    files = {c: _agent_refinement(dataset, c) for c in classes}
-    own = {c: _setting(files[c], c, calib) for c in classes}
-    if rule == "own":
-        return own, "each agent's own setting"
-    tables = {c: (files[c] or {}).get("hits") for c in classes}
-    missing = [c for c, t in tables.items() if t is None]
-    if missing:
-        return own, (
-            f"each agent's own setting: no validation table for {', '.join(missing)} "
-            f"(retrain with `make train CLASS={missing[0]}` to pool)"
+            f"--ensemble: {', '.join(lacking)} has no ensemble member in "
+            f"{paths.ensemble_dir(dataset, lacking[0])}: train them with "
+            f"`{paths.make_command('train-ensemble', dataset, CLASS=lacking[0])}`"
         )
-    pooled = pooled_setting(t for t in tables.values() if t is not None)
-    return {c: pooled for c in classes}, f"pooled over {', '.join(classes)}"
+    return members
 
 
 def _windows(n: int) -> np.ndarray:
@@ -202,15 +125,19 @@ def evaluate_class(
     indices: list[int],
     figdir: Path,
     setting: Setting,
+    agent: Path,
     ensemble: Sequence[Path] = (),
 ) -> dict[str, dict]:
-    """Boxes, calls and seconds of every method for one class on ``indices``; ``setting`` is
-    the heat-map ``(layer, region, threshold)`` of ``heatmap`` and the refined rows; a non-empty
-    ``ensemble`` (agent zips, the class's agent first) adds the ``agent_ensemble`` rows."""
+    """Boxes, calls and seconds of every method for one class on ``indices``.
+
+    ``setting`` is the heat-map ``(layer, region, threshold)`` of ``heatmap`` and the refined
+    rows; ``agent`` the class's agent zip, whose δ (:func:`~cutbg_env.runs.trained_delta`) every
+    rule-based method uses; a non-empty ``ensemble`` (agent zips, the class's agent first) adds
+    the ``agent_ensemble`` rows."""
     data = world.data
-    delta = resolve_delta(args.dataset, cls, None)
+    delta = trained_delta(agent)
     layer, region, thr = setting
-    model = DQN.load(_agent_path(args.dataset, cls), device=args.device)
+    model = DQN.load(agent, device=args.device)
     sizes = {i: (data.annotation(i).width, data.annotation(i).height) for i in indices}
     world.mid_maps(indices)
     _, p_full = world.full(indices)
@@ -277,61 +204,44 @@ def evaluate_class(
         res[name]["scores"] = score
     positives = [i for i in indices if data.gt_boxes(i, cls)]
     for i in positives[: args.figures]:
-        _figure(world, cls, i, trails[i], crops[i], res, layer, figdir)
+        write_figure(
+            world, i, trails[i], crops[i], res["agent_refined"]["boxes"][i], layer, figdir
+        )
     return res
-
-
-def _figure(
-    world: CutWorld, cls: str, i: int, trail: list, crop: tuple, res: dict, layer: str, figdir: Path
-) -> None:
-    """Fig. 3 + Fig. 4 of the paper for one image: cutting process | heat-map | refined box."""
-    data = world.data
-    img = data.load_image(i)
-    gts = [b for b, _ in data.gt_boxes(i, cls)]
-    left = draw_crops(img, trail, crop, gts)
-    hm = heatmaps(world, i, np.asarray([crop]), layer)[0]
-    hm = (255 * (hm - hm.min()) / max(float(np.ptp(hm)), 1e-12)).astype(np.uint8)
-    hm = cv2.applyColorMap(
-        cv2.resize(hm, img.shape[1::-1], interpolation=cv2.INTER_NEAREST), cv2.COLORMAP_JET
-    )[:, :, ::-1]
-    right = draw_crops(img, [], crop, gts, final_box=res["agent_refined"]["boxes"][i])
-    panel = np.concatenate([left, hm, right], axis=1)
-    with atomic_path(figdir / f"{cls}_{data.ids[i]}.png", suffix=".png") as tmp:
-        cv2.imwrite(str(tmp), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
 
 
 def run(args: EvalArgs) -> dict:
     """Evaluate and write ``results/eval.json``, ``eval.md``, PR curves and figures."""
-    _, test_split = splits(args.dataset)
+    _, test_split = dataset_splits(args.dataset)
     split = args.split or test_split
-    data = open_split(args.dataset, args.root, split)
+    data = open_split(args.dataset, split, args.root)
     if args.classes:
         classes = args.classes.split(",")
         for c in classes:
-            check_class(data, c, args.dataset)
+            data.class_index(c)  # UnknownClassError listing the classes
     else:
-        classes = [c for c in data.classes if _agent_path(args.dataset, c).is_file()]
-    missing = [c for c in classes if not _agent_path(args.dataset, c).is_file()]
-    if not classes or missing:
-        which = missing[0] if missing else "dog"
+        classes = [
+            c for c in data.classes if (paths.agent_dir(args.dataset, c) / paths.AGENT_FILE).is_file()
+        ]
+    if not classes:
         raise CheckpointError(
-            f"no trained agent for {missing or 'any class'} of {args.dataset!r} "
-            f"(looked for {_agent_path(args.dataset, which)}): train one with "
-            f"`make train CLASS={which}`"
-            + ("" if args.dataset == "animals" else f" DATASET={args.dataset}")
+            f"no trained agent for any class of {args.dataset!r} in "
+            f"{paths.runs_dir() / paths.dataset_key(args.dataset)}: train one with "
+            f"`{paths.make_command('train', args.dataset, CLASS='dog')}`"
         )
-    ckpt = args.checkpoint or str(paths.classifier_path(args.dataset))
-    model, _ = load_classifier(ckpt, args.device)
+    agents = {c: trained_agent(args.dataset, c) for c in classes}
+    deltas = {c: trained_delta(agents[c]) for c in classes}
+    hint = paths.make_command("train-classifier", args.dataset)
+    model, _ = load_classifier(args.classifier_file(), args.device, hint=hint)
     indices = list(range(len(data)))[: args.max_images]
     out = Path(args.out)
-    ensembles = ensemble_members(args, classes)
+    ensembles = ensemble_members(args.dataset, classes) if args.ensemble else {}
     methods = METHODS + ENSEMBLE_METHODS if ensembles else METHODS
     table: dict[str, dict] = {
         m: {"ap": {}, "ap07": {}, "corloc": {}, "calls": [], "secs": []} for m in methods
     }
-    settings, how = agent_settings(
-        args.dataset, classes, load_calibration(args.dataset), args.refinement
-    )
+    tables = {c: read_refinement(agents[c].parent / REFINEMENT_FILE) for c in classes}
+    settings, how = evaluation_settings(tables, load_calibration(args.dataset))
     log(f"refinement heat-map: {how}")
     for cls in classes:
         world = CutWorld(
@@ -339,7 +249,14 @@ def run(args: EvalArgs) -> dict:
         )
         log(f"evaluating {cls} on {len(indices)} {split} images")
         res = evaluate_class(
-            args, world, cls, indices, out / "figures", settings[cls], ensembles.get(cls, ())
+            args,
+            world,
+            cls,
+            indices,
+            out / "figures",
+            settings[cls],
+            agents[cls],
+            ensembles.get(cls, ()),
         )
         gt = {i: data.gt_boxes(i, cls) for i in indices}
         gt_pos = {i: g for i, g in gt.items() if g}
@@ -366,6 +283,10 @@ def run(args: EvalArgs) -> dict:
         "refinement": {
             "rule": how,
             "settings": {c: setting_key(settings[c]) for c in classes},
+        },
+        "delta": {
+            "values": deltas,
+            "source": {c: relpath(agents[c].parent / paths.CONFIG_FILE) for c in classes},
         },
     }
     if ensembles:
@@ -417,6 +338,9 @@ def markdown_table(result: dict) -> str:
             f"Heat-map (layer/region/threshold) of heatmap and the refined rows: {chosen} "
             f"({ref['rule']}).",
         ]
+    if "delta" in result:
+        chosen = ", ".join(f"{c} {d:g}" for c, d in result["delta"]["values"].items())
+        lines += ["", f"δ of every rule-based row: {chosen} (each agent's training δ, config.json)."]
     if "ensemble" in result:
         sizes = ", ".join(f"{c} {len(z)}" for c, z in result["ensemble"].items())
         lines += ["", f"agent_ensemble: mean Q-values of each class's agents ({sizes})."]

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from cutbg_env import paths
 from cutbg_env.backbone import (
     BackboneConfig,
     Classifier,
@@ -28,23 +27,19 @@ from cutbg_env.backbone import (
     preprocess,
     save_classifier,
 )
-from cutbg_env.data import VOCDataset
+from cutbg_env.cli import StageArgs
+from cutbg_env.data import VOCDataset, dataset_splits, open_split
 from cutbg_env.errors import CheckpointError, DataError
-from cutbg_env.io import write_json
-from evaluate.metrics import classification_ap
-from train.common import log, open_split, relpath, seed_everything, splits
+from cutbg_env.io import log, relpath, write_json
+from cutbg_env.metrics import classification_ap
+from train.common import seed_everything
 
 
 @dataclass(frozen=True)
-class ClassifierArgs:
-    """Train the multi-label classifier that the env and the agent use."""
+class ClassifierArgs(StageArgs):
+    """Train the multi-label classifier that the env and the agent use (it is written to
+    ``--checkpoint``, default runs/<dataset>/classifier.pt)."""
 
-    dataset: str = "animals"
-    """Dataset: animals (embedded), voc2007, voc2012 or a VOC-layout folder."""
-    root: str | None = None
-    """Dataset folder overriding the default location of ``dataset``."""
-    out: str | None = None
-    """Checkpoint path (default: runs/<dataset>/classifier.pt)."""
     minutes: float = 2.9
     """Wall-clock budget of the whole stage in minutes: loading, training (the learning rate
     follows a cosine over it) and, in the last ``EVAL_RESERVE_S`` seconds, the test-set AP."""
@@ -52,8 +47,8 @@ class ClassifierArgs:
     """Stop after this many epochs even if time is left."""
     batch_size: int = 32
     """Images per optimisation step."""
-    lr: float = 2e-3
-    """Peak AdamW learning rate (1e-4 is used for the pretrained VOC network unless set)."""
+    lr: float | None = None
+    """Peak AdamW learning rate (default: 2e-3 here, 1e-4 for the pretrained VOC network)."""
     weight_decay: float = 5e-4
     """AdamW weight decay."""
     label_smoothing: float = 0.1
@@ -69,8 +64,6 @@ class ClassifierArgs:
     """VOC only: torchvision weights enum name or a local vgg16 .pth file."""
     seed: int = 0
     """Seed of the initialisation, batch order and augmentation."""
-    device: str = "cpu"
-    """Torch device (cpu or cuda)."""
     threads: int = 0
     """Torch CPU threads (0 = torch's default)."""
     force: bool = False
@@ -81,9 +74,6 @@ class ClassifierArgs:
         if self.dataset in ("voc2007", "voc2012"):
             return BackboneConfig.voc(self.weights)
         return BackboneConfig()
-
-    def checkpoint(self) -> Path:
-        return Path(self.out) if self.out else paths.classifier_path(self.dataset)
 
 
 EVAL_RESERVE_S = 20.0
@@ -150,7 +140,7 @@ def train_classifier(args: ClassifierArgs) -> Path:
     """Train (or skip when the same config is done), write the checkpoint and
     ``results/classifier.json``; return the checkpoint path."""
     t_enter = time.monotonic()
-    ckpt = args.checkpoint()
+    ckpt = args.classifier_file()
     fingerprint = json.dumps(
         {
             k: v
@@ -170,15 +160,15 @@ def train_classifier(args: ClassifierArgs) -> Path:
             )
             return ckpt
     seed_everything(args.seed, args.threads)
-    train_split, test_split = splits(args.dataset)
-    train = open_split(args.dataset, args.root, train_split)
+    train_split, test_split = dataset_splits(args.dataset)
+    train = open_split(args.dataset, train_split, args.root)
     extra: list[VOCDataset] = []
     if args.dataset == "voc2007":  # the paper: VOC2007 trainval + VOC2012 train
         try:
-            extra.append(open_split("voc2012", None, "train"))
+            extra.append(open_split("voc2012", "train"))
         except DataError:
             log("VOC2012 not found: fine-tuning on VOC2007 trainval only")
-    test = open_split(args.dataset, args.root, test_split)
+    test = open_split(args.dataset, test_split, args.root)
     config = args.backbone()
     # channels_last: ~1.8x faster convolutions and batch norm on CPU (and on CUDA with AMP)
     if args.init:
@@ -192,7 +182,7 @@ def train_classifier(args: ClassifierArgs) -> Path:
     images = torch.cat([p[0] for p in parts])
     labels = torch.cat([p[1] for p in parts])
     mask = torch.cat([p[2] for p in parts])
-    lr = args.lr if config.width_divisor != 1 or args.lr != 2e-3 else 1e-4
+    lr = args.lr if args.lr is not None else (1e-4 if config.width_divisor == 1 else 2e-3)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
     writer = SummaryWriter(str(ckpt.parent / "classifier_tb"))

@@ -16,10 +16,7 @@ Output is a pure function of :class:`GeneratorConfig`: the same config gives byt
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import itertools
 import json
 import os
 import shutil

@@ -17,7 +17,7 @@ import numpy as np
 
 from cutbg_env.errors import DataError, UnknownClassError
 from cutbg_env.geometry import Box
-from cutbg_env.paths import data_dir
+from cutbg_env.paths import DEFAULT_DATASET, data_dir
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
@@ -59,8 +59,6 @@ DATASET_SPLITS: dict[str, tuple[str, str]] = {
     "voc2012": ("train", "val"),
 }
 """``(training split, evaluation split)`` of each named dataset."""
-
-DEFAULT_DATASET = "animals"
 
 
 def _voc_hint(year: str = "2007") -> str:
@@ -224,10 +222,10 @@ class VOCDataset:
         except KeyError:
             pass
         msg = f"unknown class {name!r} for {self.root}; valid classes: {', '.join(self.classes)}"
-        if name in VOC_CLASSES:
+        if name in VOC_CLASSES and not set(VOC_CLASSES) <= set(self.classes):
             msg += (
-                f". {name!r} is a PASCAL VOC class: to use VOC set DATASET=voc2007 (or voc2012); "
-                + _voc_hint()
+                f". {name!r} is a PASCAL VOC class: to use VOC set DATASET=voc2007 (or voc2012), "
+                f"e.g. `make train DATASET=voc2007 CLASS={name}`; " + _voc_hint()
             )
         raise UnknownClassError(msg)
 
@@ -343,6 +341,17 @@ def resolve_dataset(name: str = DEFAULT_DATASET, root: str | Path | None = None)
         f"unknown dataset {name!r}: use one of {', '.join(DATASET_DIRS)} or the path of an "
         "existing VOC-layout folder (with JPEGImages/, Annotations/, ImageSets/Main/)"
     )
+
+
+def dataset_splits(dataset: str) -> tuple[str, str]:
+    """``(training split, evaluation split)`` of a dataset name; VOC-layout folders use
+    ``("trainval", "test")``."""
+    return DATASET_SPLITS.get(dataset, ("trainval", "test"))
+
+
+def open_split(dataset: str, split: str, root: str | Path | None = None) -> VOCDataset:
+    """One split of a dataset (the embedded one is generated on first use)."""
+    return VOCDataset(resolve_dataset(dataset, root), split)
 
 
 def download_voc(year: str = "2007", root: str | Path | None = None) -> Path:

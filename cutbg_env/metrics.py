@@ -18,13 +18,12 @@ Conventions (paper §3.2, PASCAL VOC devkit ``voc_eval.py``):
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from cutbg_env.geometry import iou_matrix
+from cutbg_env.geometry import iou, iou_matrix
+from cutbg_env.io import atomic_path
 
 Detection = tuple[Hashable, float, Sequence[float]]
 """``(image_id, score, (xmin, ymin, xmax, ymax))``."""
@@ -191,6 +190,14 @@ def corloc(
     return 100.0 * hits / positives if positives else 0.0
 
 
+def corloc_hit(
+    box: Sequence[float], gt_boxes: Sequence[Sequence[float]], iou_threshold: float = 0.5
+) -> bool:
+    """CorLoc's test for one image: IoU ≥ ``iou_threshold`` with some ground-truth box (``False``
+    when there is none)."""
+    return any(iou(box, g) >= iou_threshold for g in gt_boxes)
+
+
 def plot_pr_curve(
     recall: Sequence[float] | np.ndarray,
     precision: Sequence[float] | np.ndarray,
@@ -200,8 +207,8 @@ def plot_pr_curve(
     """Write a precision/recall curve as a PNG at ``path``, atomically.
 
     Uses matplotlib's Agg canvas directly (no pyplot, no global backend change). The image is
-    written to a temporary file in the destination folder (created if missing) and moved into
-    place with :func:`os.replace`, so ``path`` is either the old file or the complete new one.
+    written with :func:`~cutbg_env.io.atomic_path`, so ``path`` is either the old file or the
+    complete new one.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -214,16 +221,8 @@ def plot_pr_curve(
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
 
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def classification_ap(

@@ -1,4 +1,7 @@
-"""Batched rollouts of a policy over many images (agent, random agent), with the env's rules."""
+"""Batched rollouts of a policy over many images, with the env's rules, and the policies they
+run: a trained SB3 model's greedy actions, the mean Q-values of an ensemble of DQN agents, and
+uniform random actions. Any callable from a batch of observations to actions is a policy, so a
+researcher's own agent is evaluated the same way."""
 
 from __future__ import annotations
 
@@ -9,9 +12,10 @@ import torch
 
 from cutbg_env import MAX_EPISODE_STEPS
 from cutbg_env.actions import Action
-from cutbg_env.core import OPTIONAL_OBSERVATIONS, CutWorld, Episode, new_episode, step_episodes
+from cutbg_env.episode import Episode, new_episode, stack_obs, step_episodes
 from cutbg_env.errors import OptionError
 from cutbg_env.localize import Localization
+from cutbg_env.world import CutWorld
 
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
 """Maps a batch of observations (``features (N, C, 7, 7)``, ``history (N, 4, 13)``) to
@@ -31,13 +35,12 @@ def rollout(
     chunk: int = 64,
     obs_dtype: str = "float32",
     observe_score: bool = False,
-    observe_cut_mass: bool = False,
     on_step: StepHook | None = None,
 ) -> list[tuple[Localization, list]]:
     """Run one episode per image, ``chunk`` images per batched forward.
 
-    ``observe_score`` and ``observe_cut_mass`` add the env's ``"score"`` and ``"cut_mass"``
-    observations (needed by agents trained with them: :func:`observation_options`).
+    ``observe_score`` adds the env's ``"score"`` observation (needed by agents trained with it:
+    :func:`observation_options`).
     ``on_step`` sees every step before it is applied (see :data:`StepHook`). An episode ended by
     the env has ``done`` set (by STOP when its last action, ``history[0]``, is STOP; by a cut
     past δ otherwise); one that is not ``done`` hit ``max_steps``.
@@ -49,13 +52,12 @@ def rollout(
     out: list[tuple[Localization, list]] = []
     for start in range(0, len(indices), chunk):
         eps: list[Episode] = [
-            new_episode(world, i, delta, eta, True, observe_score, observe_cut_mass)
+            new_episode(world, i, delta, eta, True, observe_score)
             for i in indices[start : start + chunk]
         ]
         active = list(range(len(eps)))
         while active:
-            obs = [eps[j].obs(dtype) for j in active]
-            batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+            batch = stack_obs([eps[j].obs(dtype) for j in active])
             actions = np.asarray(policy(batch)).reshape(-1)
             acts = [Action(int(a)) for a in actions]
             live = [eps[j] for j in active]
@@ -80,10 +82,9 @@ def random_policy(seed: int) -> Policy:
 
 def observation_options(model) -> dict[str, bool]:
     """The env's optional observations an SB3 model was trained with, as the keyword arguments
-    of :func:`rollout` (and of the env): ``{"observe_score": bool, "observe_cut_mass": bool}``;
-    its rollouts must provide them."""
-    keys = getattr(model.observation_space, "spaces", {})
-    return {f"observe_{k}": k in keys for k in OPTIONAL_OBSERVATIONS}
+    of :func:`rollout` (and of the env): ``{"observe_score": bool}``; its rollouts must provide
+    them."""
+    return {"observe_score": "score" in getattr(model.observation_space, "spaces", {})}
 
 
 def sb3_policy(model) -> Policy:

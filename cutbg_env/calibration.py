@@ -1,0 +1,82 @@
+"""The small validation subset with boxes, and the calibration file chosen on it.
+
+The only place boxes are used before evaluation (as in the paper): a seeded ≤ 5 % subset of the
+training split (:func:`validation_subset`). ``python -m train calibrate`` chooses each class's δ
+and refinement setting on it and writes them to ``runs/<dataset>/calibration.json``
+(:func:`load_calibration`); :func:`resolve_delta` is δ's resolution order (the given value, the
+calibrated one, :data:`DEFAULT_DELTA`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cutbg_env import paths
+from cutbg_env.errors import DataError
+from cutbg_env.geometry import Box
+
+if TYPE_CHECKING:
+    from cutbg_env.world import CutWorld
+
+DEFAULT_DELTA = 0.1
+"""δ used when neither the caller nor a calibration file gives one."""
+VALIDATION_FRACTION = 0.05
+"""Share of the training split in the validation subset (the paper's "small validation set")."""
+VALIDATION_SEED = 0
+"""Seed of the validation subset."""
+
+
+def validation_subset(n_images: int, fraction: float, seed: int) -> list[int]:
+    """Indices of the validation subset: a seeded ``fraction`` (≤ 5%) of ``n_images``."""
+    if not 0 < fraction <= 0.05:
+        raise ValueError(f"fraction={fraction}: the validation subset must be 0 < f ≤ 0.05")
+    rng = np.random.default_rng(seed)
+    k = max(1, round(n_images * fraction))
+    return sorted(rng.permutation(n_images)[:k].tolist())
+
+
+def validation_images(
+    world: CutWorld, fraction: float = VALIDATION_FRACTION, seed: int = VALIDATION_SEED
+) -> list[int]:
+    """The images of the validation subset that contain the world's class."""
+    positives = set(world.positives)
+    return [i for i in validation_subset(len(world.data), fraction, seed) if i in positives]
+
+
+def validation_truth(world: CutWorld, images: list[int]) -> dict[int, list[Box]]:
+    """Per image: the class's non-difficult ground-truth boxes."""
+    data, cls = world.data, world.class_name
+    return {i: [b for b, d in data.gt_boxes(i, cls) if not d] for i in images}
+
+
+def load_calibration(dataset: str) -> dict:
+    """The calibration file of a dataset (``{}`` when there is none)."""
+    path = paths.calibration_path(dataset)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(
+            f"calibration file {path} is unreadable ({exc}): recreate it with "
+            f"`python -m train calibrate --dataset {dataset}`"
+        ) from exc
+
+
+def resolve_delta(dataset: str, class_name: str, delta: float | None) -> float:
+    """δ for a class: the given value, else the calibrated one, else :data:`DEFAULT_DELTA`."""
+    if delta is not None:
+        return float(delta)
+    calib = load_calibration(dataset).get("delta", {})
+    if class_name in calib:
+        return float(calib[class_name])
+    warnings.warn(
+        f"no calibrated delta for {dataset}/{class_name} ({paths.calibration_path(dataset)}); "
+        f"using {DEFAULT_DELTA}. Run `python -m train calibrate --dataset {dataset}`.",
+        stacklevel=3,
+    )
+    return DEFAULT_DELTA

@@ -1,0 +1,155 @@
+"""``make train``'s DQN: Stable-Baselines3's DQN with a Double-DQN target and, with
+:class:`~cutbg_env.qnet.ValidityQNetwork`, a validity loss.
+
+Everything else is SB3's DQN (replay, Huber loss, gradient clipping, target copies,
+ε-greedy exploration); the subclass only replaces :meth:`DQN.train`, SB3's documented place for
+an algorithm's gradient step. A trained agent is an ordinary SB3 zip: ``DQN.load`` and
+``CutDQN.load`` both read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import DQN
+from torch import nn
+
+from cutbg_env.actions import CUT_ACTIONS
+from cutbg_env.qnet import ValidityPolicy, ValidityQNetwork, policy_kwargs
+
+VOC_DATASETS = ("voc2007", "voc2012")
+"""Datasets that get the paper's (full-width VGG-16) defaults."""
+
+
+class CutDQN(DQN):
+    """SB3's DQN with a choice of TD target and the validity loss.
+
+    Args:
+        double_q: Double-DQN targets (van Hasselt et al., 2016): the online network picks the
+            next action and the target network values it,
+            ``y = r + γ (1 − done) Q_target(s', argmax_a Q(s', a))``. With plain DQN's
+            ``max_a Q_target(s', a)`` (``False``, the paper's) the over-estimated value of
+            cutting on beats the exact, terminal ``+η`` of stopping, and the agent cuts until
+            the score drops.
+        *args, **kwargs: SB3's :class:`~stable_baselines3.DQN` arguments.
+
+    With :class:`~cutbg_env.qnet.ValidityQNetwork` as the Q-network, a binary cross-entropy loss
+    on the validity logit of each sampled cut, labelled by the sign of its reward, is added to
+    the TD loss.
+    """
+
+    def __init__(self, *args: Any, double_q: bool = True, **kwargs: Any) -> None:
+        self.double_q = double_q
+        super().__init__(*args, **kwargs)
+
+    def loss(self, data: Any) -> torch.Tensor:
+        """The loss of one replay minibatch: Huber TD loss (+ the validity loss)."""
+        discounts = data.discounts if data.discounts is not None else self.gamma
+        with torch.no_grad():
+            if self.double_q:
+                next_actions = self.q_net(data.next_observations).argmax(dim=1, keepdim=True)
+                next_q = self.q_net_target(data.next_observations).gather(1, next_actions)
+            else:
+                next_q = self.q_net_target(data.next_observations).max(dim=1, keepdim=True)[0]
+            target = data.rewards + (1 - data.dones) * discounts * next_q
+        actions = data.actions.long()
+        if not isinstance(self.q_net, ValidityQNetwork):
+            current = self.q_net(data.observations).gather(1, actions)
+            return nn.functional.smooth_l1_loss(current, target)
+        w, logits = self.q_net.heads(data.observations)
+        current = self.q_net.q_values(w, logits).gather(1, actions)
+        loss = nn.functional.smooth_l1_loss(current, target)
+        cut = actions[:, 0] < len(CUT_ACTIONS)
+        if cut.any():
+            chosen = logits[cut].gather(1, actions[cut]).squeeze(1)
+            labels = (data.rewards[cut, 0] > 0).float()
+            loss = loss + nn.functional.binary_cross_entropy_with_logits(chosen, labels)
+        return loss
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        losses = []
+        for _ in range(gradient_steps):
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            loss = self.loss(data)
+            losses.append(loss.item())
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+        self._n_updates += gradient_steps
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/loss", float(np.mean(losses)))
+
+
+@dataclass(frozen=True)
+class DQNArgs:
+    """The agent's Q-network and DQN hyperparameters, shared by ``python -m train agent`` and the
+    benchmark. ``None`` fields have a dataset-dependent default (:meth:`resolved`)."""
+
+    gamma: float = 0.95
+    """Discount factor."""
+    buffer_size: int | None = None
+    """Replay transitions (default: 30,000 on VOC, 100,000 here; see README for bytes)."""
+    batch_size: int = 256
+    """Replay minibatch."""
+    train_freq: int = 1
+    """Vec-env steps (each ``n_envs`` transitions) between training rounds."""
+    gradient_steps: int = 1
+    """Gradient steps per training round (1 per 16 transitions at the defaults)."""
+    learning_starts: int = 1000
+    """Transitions collected before learning."""
+    target_update: int = 1000
+    """Transitions between target-network copies."""
+    adapt_channels: int | None = None
+    """Channels of the two adaptation convolutions (default: 128 on VOC, 32 here)."""
+    adapt_kernel: int = 1
+    """Kernel of the first adaptation convolution (the second is 3×3); 1 is 9× cheaper than 3."""
+    hidden: int = 256
+    """Width of the Q head's hidden layer."""
+    obs_dtype: str = "float16"
+    """Observation storage dtype (float16 halves the replay buffer)."""
+    observe_score: bool = True
+    """Add the env's ``score`` observation (p̂ and the drop p̄ − p̂); False = the paper's state."""
+    double_q: bool = True
+    """Double-DQN targets (False = SB3's plain DQN, as the paper)."""
+    validity_head: bool = True
+    """Q-network with a validity logit per cut (cutbg_env.qnet.ValidityQNetwork; False = MLP)."""
+
+    def resolved_for(self, dataset: str) -> Any:
+        """A copy with the ``None`` fields filled for ``dataset`` (the paper's sizes on VOC)."""
+        voc = dataset in VOC_DATASETS
+        return dataclasses.replace(
+            self,
+            buffer_size=self.buffer_size
+            if self.buffer_size is not None
+            else (30_000 if voc else 100_000),
+            adapt_channels=self.adapt_channels
+            if self.adapt_channels is not None
+            else (128 if voc else 32),
+        )
+
+    def build(self, env: Any, **sb3_kwargs: Any) -> CutDQN:
+        """The untrained :class:`CutDQN` of these (resolved) arguments on ``env``;
+        ``sb3_kwargs`` (``learning_rate``, ``seed``, ``device``, ...) go to SB3's DQN."""
+        if self.buffer_size is None or self.adapt_channels is None:
+            raise ValueError("DQNArgs.build: call resolved_for(dataset) first")
+        return CutDQN(
+            ValidityPolicy if self.validity_head else "MultiInputPolicy",
+            env,
+            double_q=self.double_q,
+            buffer_size=self.buffer_size,
+            learning_starts=self.learning_starts,
+            batch_size=self.batch_size,
+            gamma=self.gamma,
+            train_freq=self.train_freq,
+            gradient_steps=self.gradient_steps,
+            target_update_interval=self.target_update,
+            policy_kwargs=policy_kwargs(self.adapt_channels, self.adapt_kernel, self.hidden),
+            **sb3_kwargs,
+        )

@@ -1,0 +1,164 @@
+"""The agent world: a dataset split, the frozen classifier and their caches, for one class.
+
+Everything an env step needs is a pure function of ``(mid-level map, crop, class)``:
+:meth:`CutWorld.score_crops` takes a *batch* of them and runs ``upper`` + ``head`` once, so one
+episode or N episodes cost one forward. Mid-level maps are computed once per image (``lower``)
+and cached; a whole split can be precomputed. The episode rules live in
+:mod:`cutbg_env.episode`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cutbg_env import paths
+from cutbg_env.backbone import Classifier, load_classifier, preprocess
+from cutbg_env.data import VOCDataset, resolve_dataset
+from cutbg_env.errors import DataError
+from cutbg_env.geometry import FULL_CROP, crop_masks
+
+SLICE_BATCH = 64
+"""Up to this many crops, :meth:`CutWorld.score_crops` zero-pads by slicing instead of masks."""
+FEATURE_HIGH = float(np.finfo(np.float16).max)
+"""Upper bound of the observation's features (finite, and representable in float16)."""
+
+
+class CutWorld:
+    """Dataset + frozen classifier + mid-level-map cache for one class.
+
+    Args:
+        dataset: ``"animals"`` (embedded default, generated on first use), ``"voc2007"``,
+            ``"voc2012"`` or a folder in VOC layout.
+        split: image set, e.g. ``"trainval"`` or ``"test"``.
+        class_name: the class the agent localizes.
+        checkpoint: classifier checkpoint; ``None`` = ``runs/<dataset>/classifier.pt``.
+        root: dataset folder overriding the one ``dataset`` names.
+        device: torch device string.
+        cache_dtype: ``"float32"`` or ``"float16"``: storage of cached mid-level maps.
+        max_images: use only the first ``max_images`` positive images (small experiments).
+        model: an already loaded classifier (shares it instead of reading ``checkpoint``).
+        data: an already opened split (shares its annotation cache instead of reopening it).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "animals",
+        split: str = "trainval",
+        class_name: str = "dog",
+        checkpoint: str | None = None,
+        root: str | None = None,
+        device: str = "cpu",
+        cache_dtype: str = "float32",
+        max_images: int | None = None,
+        model: Classifier | None = None,
+        data: VOCDataset | None = None,
+    ) -> None:
+        self.dataset_name = dataset
+        self.data = data if data is not None else VOCDataset(resolve_dataset(dataset, root), split)
+        self.class_name = class_name
+        self.data.class_index(class_name)  # raises UnknownClassError listing the classes
+        self.device = torch.device(device)
+        if model is None:
+            ckpt = Path(checkpoint) if checkpoint else paths.classifier_path(dataset)
+            hint = paths.make_command("train-classifier", dataset)
+            model, _ = load_classifier(ckpt, self.device, hint=hint)
+        self.model = model
+        self.class_idx = model.class_index(class_name)
+        self.input_size = model.config.input_size
+        self.positives: list[int] = self.data.positives(class_name)
+        if max_images is not None:
+            self.positives = self.positives[:max_images]
+        if cache_dtype not in ("float32", "float16"):
+            raise ValueError(f"cache_dtype={cache_dtype!r}: expected 'float32' or 'float16'")
+        self.cache_dtype = getattr(torch, cache_dtype)
+        self._cache: dict[int, torch.Tensor] = {}
+        self._full: dict[int, tuple[np.ndarray, float]] = {}
+        self.amp = self.device.type == "cuda"
+        self.param_dtype = next(model.parameters()).dtype
+        # Zero-padded crops drive many activations to subnormal floats, which run several times
+        # slower on x86 CPUs; flushing them to zero changes no score at float32 precision.
+        torch.set_flush_denormal(True)
+
+    def require_positives(self) -> None:
+        """Raise :class:`DataError` when the split has no image of the class (episodes need one)."""
+        if not self.positives:
+            raise DataError(
+                f"split {self.data.split!r} of {self.data.root} has no image of class "
+                f"{self.class_name!r}: pick another class or split"
+            )
+
+    def autocast(self) -> AbstractContextManager:
+        """bf16 autocast on CUDA; nothing on the CPU."""
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def mid_maps(self, indices: Sequence[int], batch_size: int = 64) -> torch.Tensor:
+        """Mid-level maps of dataset images, computed once and cached.
+
+        Returns ``(len(indices), C_mid, 28, 28)`` in ``cache_dtype`` on the device.
+        """
+        if len(indices) == 1 and indices[0] in self._cache:  # the single env's step
+            return self._cache[indices[0]].unsqueeze(0)
+        missing = [i for i in dict.fromkeys(indices) if i not in self._cache]
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            x = preprocess([self.data.load_image(i) for i in chunk], self.input_size)
+            with torch.inference_mode(), self.autocast():
+                mids = self.model.lower(x.to(self.device))
+            for i, m in zip(chunk, mids, strict=True):
+                self._cache[i] = m.to(self.cache_dtype)
+        return torch.stack([self._cache[i] for i in indices])
+
+    def precompute(self, indices: Sequence[int] | None = None) -> None:
+        """Fill the caches (mid-level maps and whole-map features/scores) for ``indices``
+        (default: every positive image of the class), so that no reset costs a forward."""
+        indices = self.positives if indices is None else list(indices)
+        self.mid_maps(indices)
+        self.full(indices)
+
+    def score_crops(
+        self, mids: torch.Tensor, crops: np.ndarray | torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Classify a batch of zero-padded crops: the one step-time computation.
+
+        Args:
+            mids: ``(N, C_mid, 28, 28)`` mid-level maps.
+            crops: ``(N, 4)`` integer ``(x0, y0, x1, y1)`` grid crops.
+
+        Returns:
+            ``(features, scores)``: ``(N, C_top, 7, 7)`` float32 senior features clipped to
+            ``[0, FEATURE_HIGH]`` and ``(N,)`` float64 ``p(c|crop) = sigmoid(logit)``.
+        """
+        crops = np.asarray(crops)
+        with torch.inference_mode(), self.autocast():
+            if len(crops) <= SLICE_BATCH:  # a few slice copies beat building masks
+                x = torch.zeros_like(mids, dtype=self.param_dtype)
+                for k, (x0, y0, x1, y1) in enumerate(crops.tolist()):
+                    x[k, :, y0:y1, x0:x1] = mids[k, :, y0:y1, x0:x1]
+            else:
+                crops_t = torch.as_tensor(crops, dtype=torch.long, device=mids.device)
+                mask = crop_masks(crops_t, mids.shape[-1]).to(mids.dtype)
+                x = (mids * mask).to(self.param_dtype)
+            feats = self.model.upper(x)
+            logits = self.model.head(feats)[:, self.class_idx].float()
+            features = feats.float().clamp_max_(FEATURE_HIGH).cpu().numpy()
+        scores = 1.0 / (1.0 + np.exp(-logits.cpu().numpy().astype(np.float64)))
+        return features, scores
+
+    def full(self, indices: Sequence[int]) -> tuple[list[np.ndarray], list[float]]:
+        """Senior features and score ``p̄`` of whole maps, computed once per image and cached
+        (they are the same every episode). Returns per index ``(C_top, 7, 7)`` float32 features
+        and the float score."""
+        missing = [i for i in dict.fromkeys(indices) if i not in self._full]
+        if missing:
+            full = np.tile(np.asarray(FULL_CROP), (len(missing), 1))
+            feats, scores = self.score_crops(self.mid_maps(missing), full)
+            for i, f, p in zip(missing, feats, scores, strict=True):
+                self._full[i] = (f, float(p))
+        return [self._full[i][0] for i in indices], [self._full[i][1] for i in indices]

@@ -1,0 +1,112 @@
+"""Training schedules in *epochs* (one epoch = one pass over the class's training images that
+contain it, paper §3.1), and the callback that counts them, logs and checkpoints each epoch.
+
+RMSprop's learning rate decays from ``lr_start`` to ``lr_end`` over the first ``decay_epochs``
+and stays constant after; ε goes from 1.0 down to ``eps_end`` in steps of 0.1 over the same
+epochs. SB3 calls a schedule with its own progress fraction; these ignore it and read the
+shared :class:`EpochClock` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from cutbg_env.io import atomic_path, write_json
+
+
+class EpochClock:
+    """Epochs done, shared by the schedules and the callback (episodes / images per epoch)."""
+
+    def __init__(self, images: int, episodes: int = 0) -> None:
+        self.images, self.episodes = images, episodes
+
+    @property
+    def epoch(self) -> float:
+        return self.episodes / self.images
+
+
+class EpsilonSchedule:
+    """ε = 1.0 → ``end`` in steps of 0.1 spread evenly over ``decay`` epochs (paper §3.1)."""
+
+    def __init__(self, clock: EpochClock, decay: int, end: float) -> None:
+        self.clock, self.decay, self.end = clock, decay, end
+
+    def __call__(self, _progress_remaining: float) -> float:
+        n_steps = round((1.0 - self.end) / 0.1)
+        k = min(n_steps, math.floor(self.clock.epoch / self.decay * n_steps))
+        return max(self.end, 1.0 - 0.1 * k)
+
+
+class LrSchedule:
+    """Learning rate decaying geometrically ``start`` → ``end`` over ``decay`` epochs, then flat."""
+
+    def __init__(self, clock: EpochClock, decay: int, start: float, end: float) -> None:
+        self.clock, self.decay, self.start, self.end = clock, decay, start, end
+
+    def __call__(self, _progress_remaining: float) -> float:
+        f = min(1.0, self.clock.epoch / self.decay)
+        return self.start * (self.end / self.start) ** f
+
+
+class EpochCallback(BaseCallback):
+    """Counts episodes, logs score drops, saves a checkpoint each epoch, stops after the last."""
+
+    def __init__(self, clock: EpochClock, epochs: int, run_dir: Path, save_buffer: bool) -> None:
+        super().__init__()
+        self.clock, self.epochs, self.run_dir, self.save_buffer = (
+            clock,
+            epochs,
+            run_dir,
+            save_buffer,
+        )
+        self.drops: list[float] = []
+        self.t0 = time.monotonic()
+
+    def _on_step(self) -> bool:
+        for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
+            if done:
+                before = math.floor(self.clock.epoch)
+                self.clock.episodes += 1
+                self.drops.append(float(info["drop"]))
+                if math.floor(self.clock.epoch) > before:
+                    self._end_epoch(math.floor(self.clock.epoch))
+        return self.clock.epoch < self.epochs
+
+    def _end_epoch(self, epoch: int) -> None:
+        self.logger.record("cutbg/score_drop", float(np.mean(self.drops)) if self.drops else 0.0)
+        self.logger.record("cutbg/epoch", epoch)
+        self.drops = []
+        ckpt_dir = self.run_dir / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(ckpt_dir / f"epoch_{epoch:03d}.zip", suffix=".zip") as tmp:
+            self.model.save(tmp)
+        if self.save_buffer:
+            with atomic_path(ckpt_dir / "replay_buffer.pkl", suffix=".pkl") as tmp:
+                self.model.save_replay_buffer(tmp)
+        write_json(
+            ckpt_dir / "state.json",
+            {
+                "epoch": epoch,
+                "episodes": self.clock.episodes,
+                "timesteps": self.model.num_timesteps,
+            },
+        )
+
+
+def last_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest epoch checkpoint of a run folder and its state, or ``None``."""
+    ckpt_dir = run_dir / "checkpoints"
+    zips = sorted(ckpt_dir.glob("epoch_*.zip"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+    if not zips or not (ckpt_dir / "state.json").is_file():
+        return None
+    state = json.loads((ckpt_dir / "state.json").read_text())
+    best = ckpt_dir / f"epoch_{state['epoch']:03d}.zip"
+    return (best if best.is_file() else zips[-1]), state
