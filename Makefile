@@ -59,10 +59,10 @@ train: $(STAMP)
 train-all: $(STAMP)
 	@$(MAKE) --no-print-directory $(addprefix train-class-,$(CLASSES))
 
-# Extra seeds 1..MEMBERS-1 of one class's agent (the agent itself is seed 0); `make eval` then
-# adds the agent_ensemble rows (mean Q-values). A member whose agent.zip exists is kept, so a
-# larger MEMBERS only trains the new seeds. Members are independent:
-# `make -j 2 train-ensemble THREADS=1` trains two at once.
+# Extra seeds 1..MEMBERS-1 of one class's agent (the agent itself is seed 0); then
+# `make eval EVAL_ARGS=--ensemble` adds the agent_ensemble rows (mean Q-values). A member whose
+# agent.zip exists is kept, so a larger MEMBERS only trains the new seeds. Members are
+# independent: `make -j 2 train-ensemble THREADS=1` trains two at once.
 MEMBER_DIR = $(or $(CUTBG_RUNS),runs)/$(notdir $(patsubst %/,%,$(DATASET)))/$(CLASS)/ensemble
 train-ensemble: $(foreach n,$(shell seq 1 $$(($(MEMBERS) - 1))),$(MEMBER_DIR)/seed_$(n)/agent.zip)
 

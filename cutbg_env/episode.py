@@ -186,7 +186,7 @@ def step_episodes(
     scored: dict[int, tuple[np.ndarray, float]] = {}
     if need:
         mids = world.mid_maps([episodes[k].index for k in need])
-        feats, scores = world.evaluate(mids, np.asarray([plans[k] for k in need]))
+        feats, scores = world.score_crops(mids, np.asarray([plans[k] for k in need]))
         scored = {k: (feats[n], float(scores[n])) for n, k in enumerate(need)}
     return [
         ep.finish(a, plans[k], *scored.get(k, (None, None)))

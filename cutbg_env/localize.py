@@ -115,7 +115,7 @@ def exhaustive(
         mid = world.mid_maps([i])
         scores = np.concatenate(
             [
-                world.evaluate(mid.expand(len(w), -1, -1, -1), w)[1]
+                world.score_crops(mid.expand(len(w), -1, -1, -1), w)[1]
                 for w in np.array_split(windows, max(1, -(-len(windows) // batch)))
             ]
         )

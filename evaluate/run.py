@@ -204,9 +204,7 @@ def evaluate_class(
         res[name]["scores"] = score
     positives = [i for i in indices if data.gt_boxes(i, cls)]
     for i in positives[: args.figures]:
-        write_figure(
-            world, i, trails[i], crops[i], res["agent_refined"]["boxes"][i], layer, figdir
-        )
+        write_figure(world, i, trails[i], crops[i], res["agent_refined"]["boxes"][i], layer, figdir)
     return res
 
 
@@ -221,7 +219,9 @@ def run(args: EvalArgs) -> dict:
             data.class_index(c)  # UnknownClassError listing the classes
     else:
         classes = [
-            c for c in data.classes if (paths.agent_dir(args.dataset, c) / paths.AGENT_FILE).is_file()
+            c
+            for c in data.classes
+            if (paths.agent_dir(args.dataset, c) / paths.AGENT_FILE).is_file()
         ]
     if not classes:
         raise CheckpointError(
@@ -340,7 +340,10 @@ def markdown_table(result: dict) -> str:
         ]
     if "delta" in result:
         chosen = ", ".join(f"{c} {d:g}" for c, d in result["delta"]["values"].items())
-        lines += ["", f"δ of every rule-based row: {chosen} (each agent's training δ, config.json)."]
+        lines += [
+            "",
+            f"δ of every rule-based row: {chosen} (each agent's training δ, config.json).",
+        ]
     if "ensemble" in result:
         sizes = ", ".join(f"{c} {len(z)}" for c, z in result["ensemble"].items())
         lines += ["", f"agent_ensemble: mean Q-values of each class's agents ({sizes})."]

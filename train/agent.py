@@ -161,7 +161,9 @@ def choose_refinement(model: Any, world: CutWorld, delta: float, path: Path) -> 
         return None
     out = rollout(world, images, sb3_policy(model), delta, **observation_options(model))
     crops = {i: loc.crop for i, (loc, _) in zip(images, out, strict=True)}
-    result = write_refinement(path, refinement_scores(world, crops, validation_truth(world, images)), len(images))
+    result = write_refinement(
+        path, refinement_scores(world, crops, validation_truth(world, images)), len(images)
+    )
     log(
         f"refinement: heat-map {result['heatmap_layer']}/{result['heatmap_region']}"
         f"@{result['heatmap_threshold']:.1f} (agent refined CorLoc "

@@ -98,9 +98,7 @@ def calibrate(args: CalibrateArgs) -> dict:
         size = {i: (data.annotation(i).width, data.annotation(i).height) for i in images}
         rows = [(j, box_to_crop(b, *size[i])) for j, i in enumerate(images) for b in gt[i]]
         _, p_full = world.full(images)
-        _, p_gt = world.score_crops(
-            mids[[j for j, _ in rows]], np.asarray([cr for _, cr in rows])
-        )
+        _, p_gt = world.score_crops(mids[[j for j, _ in rows]], np.asarray([cr for _, cr in rows]))
         drops = np.asarray([p_full[j] - p for (j, _), p in zip(rows, p_gt, strict=True)])
         candidates = sorted(
             {delta_from_drops(drops, args.quantile, args.min_delta, args.max_delta)}
