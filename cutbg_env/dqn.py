@@ -46,27 +46,39 @@ class CutDQN(DQN):
         self.double_q = double_q
         super().__init__(*args, **kwargs)
 
+    def next_values(self, data: Any) -> torch.Tensor:
+        """The bootstrap value of each next state: ``(N, 1)``, or ``(K, N, 1)`` per head of a
+        :class:`~cutbg_env.qnet.ValidityQNetwork` with ``K`` heads (each head against its own
+        target head)."""
+        nxt = data.next_observations
+        if isinstance(self.q_net, ValidityQNetwork):
+            target_q = self.q_net_target.q_values(*self.q_net_target.heads(nxt))
+            if not self.double_q:
+                return target_q.max(dim=2, keepdim=True)[0]
+            online_q = self.q_net.q_values(*self.q_net.heads(nxt))
+            return target_q.gather(2, online_q.argmax(dim=2, keepdim=True))
+        if not self.double_q:
+            return self.q_net_target(nxt).max(dim=1, keepdim=True)[0]
+        next_actions = self.q_net(nxt).argmax(dim=1, keepdim=True)
+        return self.q_net_target(nxt).gather(1, next_actions)
+
     def loss(self, data: Any) -> torch.Tensor:
         """The loss of one replay minibatch: Huber TD loss (+ the validity loss)."""
         discounts = data.discounts if data.discounts is not None else self.gamma
         with torch.no_grad():
-            if self.double_q:
-                next_actions = self.q_net(data.next_observations).argmax(dim=1, keepdim=True)
-                next_q = self.q_net_target(data.next_observations).gather(1, next_actions)
-            else:
-                next_q = self.q_net_target(data.next_observations).max(dim=1, keepdim=True)[0]
-            target = data.rewards + (1 - data.dones) * discounts * next_q
+            target = data.rewards + (1 - data.dones) * discounts * self.next_values(data)
         actions = data.actions.long()
         if not isinstance(self.q_net, ValidityQNetwork):
             current = self.q_net(data.observations).gather(1, actions)
             return nn.functional.smooth_l1_loss(current, target)
         w, logits = self.q_net.heads(data.observations)
-        current = self.q_net.q_values(w, logits).gather(1, actions)
-        loss = nn.functional.smooth_l1_loss(current, target)
+        k = len(w)
+        current = self.q_net.q_values(w, logits).gather(2, actions.expand(k, -1, -1))
+        loss = nn.functional.smooth_l1_loss(current, target.expand(k, -1, -1))
         cut = actions[:, 0] < len(CUT_ACTIONS)
         if cut.any():
-            chosen = logits[cut].gather(1, actions[cut]).squeeze(1)
-            labels = (data.rewards[cut, 0] > 0).float()
+            chosen = logits[:, cut].gather(2, actions[cut].expand(k, -1, -1)).squeeze(2)
+            labels = (data.rewards[cut, 0] > 0).float().expand(k, -1)
             loss = loss + nn.functional.binary_cross_entropy_with_logits(chosen, labels)
         return loss
 
@@ -120,6 +132,8 @@ class DQNArgs:
     """Double-DQN targets (False = SB3's plain DQN, as the paper)."""
     validity_head: bool = True
     """Q-network with a validity logit per cut (cutbg_env.qnet.ValidityQNetwork; False = MLP)."""
+    heads: int = 1
+    """Q heads on the shared feature extractor (bootstrapped DQN); the agent acts on their mean."""
 
     def resolved_for(self, dataset: str) -> Any:
         """A copy with the ``None`` fields filled for ``dataset`` (the paper's sizes on VOC)."""
@@ -139,6 +153,11 @@ class DQNArgs:
         ``sb3_kwargs`` (``learning_rate``, ``seed``, ``device``, ...) go to SB3's DQN."""
         if self.buffer_size is None or self.adapt_channels is None:
             raise ValueError("DQNArgs.build: call resolved_for(dataset) first")
+        kwargs = policy_kwargs(self.adapt_channels, self.adapt_kernel, self.hidden)
+        if self.validity_head:
+            kwargs["n_heads"] = self.heads
+        elif self.heads != 1:
+            raise ValueError(f"heads={self.heads}: several heads need the validity head")
         return CutDQN(
             ValidityPolicy if self.validity_head else "MultiInputPolicy",
             env,
@@ -150,6 +169,6 @@ class DQNArgs:
             train_freq=self.train_freq,
             gradient_steps=self.gradient_steps,
             target_update_interval=self.target_update,
-            policy_kwargs=policy_kwargs(self.adapt_channels, self.adapt_kernel, self.hidden),
+            policy_kwargs=kwargs,
             **sb3_kwargs,
         )

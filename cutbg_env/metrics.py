@@ -7,7 +7,7 @@ Conventions (paper §3.2, PASCAL VOC devkit ``voc_eval.py``):
 * A prediction is correct when its IoU with a ground-truth box **exceeds** the threshold:
   ``iou > iou_threshold`` (strict), as the devkit (``ovmax > ovthresh``) and the paper ("exceeds
   0.5") say. An IoU of exactly 0.5 is therefore a miss for AP. CorLoc follows its usual
-  definition (and the project's issue): IoU **≥** the threshold counts; the two differ only at an
+  definition: IoU **≥** the threshold counts; the two differ only at an
   IoU of exactly 0.5.
 * ``detections`` is a sequence of ``(image_id, score, box)``; ``ground_truth`` maps
   ``image_id -> [(box, difficult), ...]`` for one class. Image ids are any hashable values.

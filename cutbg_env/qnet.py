@@ -51,48 +51,65 @@ class CutFeatures(BaseFeaturesExtractor):
 
 
 class ValidityQNetwork(QNetwork):
-    """A Q-network shaped by the reward's own structure.
+    """A Q-network shaped by the reward's own structure, with one or more heads.
 
     A cut's reward is ``+scale`` when it keeps the drop ≤ δ (and the episode goes on) and
     ``−scale`` when it does not (and the episode ends), so
-    ``Q(s, cut) = P(valid) · (scale + γ V(s')) − (1 − P(valid)) · scale``. The head outputs a
-    validity logit ``ℓ`` per cut and a continuation value ``W`` per action, and returns
+    ``Q(s, cut) = P(valid) · (scale + γ V(s')) − (1 − P(valid)) · scale``. A head outputs a
+    validity logit ``ℓ`` per cut and a continuation value ``W`` per action, and gives
     ``Q_cut = σ(ℓ) (scale + W_cut) − (1 − σ(ℓ)) scale`` and ``Q_stop = W_stop``: still 13
     Q-values, trained by the TD loss; :class:`~cutbg_env.dqn.CutDQN` adds a cross-entropy loss
     on ``ℓ`` of each sampled cut, whose label is the sign of its reward.
+
+    ``n_heads`` heads (each an MLP with its own hidden layer) share the feature extractor, each
+    trained against its own target head (bootstrapped DQN, Osband et al. 2016); the network's
+    Q-values, which act, are the mean over the heads. ``n_heads=1`` is a single Q-network.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, n_heads: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if n_heads < 1:
+            raise ValueError(f"n_heads={n_heads}: a Q-network needs at least one head")
+        self.n_heads = n_heads
         out = int(self.action_space.n) + len(CUT_ACTIONS)
-        self.q_net = nn.Sequential(
-            *create_mlp(self.features_dim, out, self.net_arch, self.activation_fn)
+        self.q_net = nn.ModuleList(
+            nn.Sequential(*create_mlp(self.features_dim, out, self.net_arch, self.activation_fn))
+            for _ in range(n_heads)
         )
         scales = torch.tensor([float(Action(a).scale) for a in CUT_ACTIONS])
         self.register_buffer("scales", scales)
 
     def heads(self, obs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W (N, 13), ℓ (N, 12))``."""
-        out = self.q_net(self.extract_features(obs, self.features_extractor))
+        """``(W (K, N, 13), ℓ (K, N, 12))`` of the ``K`` heads."""
+        features = self.extract_features(obs, self.features_extractor)
+        out = torch.stack([head(features) for head in self.q_net])
         n = int(self.action_space.n)
-        return out[:, :n], out[:, n:]
+        return out[..., :n], out[..., n:]
 
     def q_values(self, w: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """``(N, 13)`` Q-values from the two heads."""
+        """Q-values (``(..., 13)``) from the two heads' outputs (``(..., 13)``, ``(..., 12)``)."""
         p = torch.sigmoid(logits)
-        q_cut = p * (self.scales + w[:, : len(CUT_ACTIONS)]) - (1.0 - p) * self.scales
-        return torch.cat([q_cut, w[:, len(CUT_ACTIONS) :]], 1)
+        q_cut = p * (self.scales + w[..., : len(CUT_ACTIONS)]) - (1.0 - p) * self.scales
+        return torch.cat([q_cut, w[..., len(CUT_ACTIONS) :]], -1)
 
     def forward(self, obs: Any) -> torch.Tensor:
-        return self.q_values(*self.heads(obs))
+        return self.q_values(*self.heads(obs)).mean(0)
 
 
 class ValidityPolicy(MultiInputPolicy):
-    """SB3's ``MultiInputPolicy`` with :class:`ValidityQNetwork` as online and target net."""
+    """SB3's ``MultiInputPolicy`` with :class:`ValidityQNetwork` (``n_heads`` heads) as online
+    and target net."""
+
+    def __init__(self, *args: Any, n_heads: int = 1, **kwargs: Any) -> None:
+        self.n_heads = n_heads
+        super().__init__(*args, **kwargs)
 
     def make_q_net(self) -> QNetwork:
         net_args = self._update_features_extractor(self.net_args, features_extractor=None)
-        return ValidityQNetwork(**net_args).to(self.device)
+        return ValidityQNetwork(**net_args, n_heads=self.n_heads).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "n_heads": self.n_heads}
 
 
 def policy_kwargs(channels: int, kernel: int, hidden: int) -> dict[str, Any]:
