@@ -9,7 +9,9 @@ CLASS ?= dog
 DEVICE ?= cpu
 N_ENVS ?= 16
 EPOCHS ?=
-MEMBERS ?= 10
+SEED ?= 0
+SEEDS ?=
+EVAL_CLASSES ?= $(CLASS)
 THREADS ?= 0
 MINUTES ?= 2.9
 FROM_SCRATCH ?=
@@ -17,7 +19,7 @@ SHIPPED := checkpoints/animals-classifier.pt
 EVAL_ARGS ?=
 CLASSES = $(shell $(PY) -c "from cutbg_env.data import VOCDataset, resolve_dataset; print(' '.join(VOCDataset(resolve_dataset('$(DATASET)'), 'trainval').classes))" 2>/dev/null)
 
-.PHONY: install data test lint format train-classifier calibrate train train-all train-ensemble eval demo bench clean
+.PHONY: install data test lint format train-classifier calibrate train train-all seeds eval demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,29 +53,36 @@ train-classifier: $(STAMP)
 calibrate: $(STAMP)
 	$(PY) -m train calibrate --dataset $(DATASET) --device $(DEVICE) $(if $(CALIB_CLASSES),--classes $(CALIB_CLASSES))
 
-# Stage 3: one class's DQN agent.
+# Stage 3: one class's DQN agent (seed N > 0 trains into runs/<dataset>/<class>/seeds/seed_N).
 train: $(STAMP)
-	$(PY) -m train agent --dataset $(DATASET) --class $(CLASS) --device $(DEVICE) --n-envs $(N_ENVS) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m train agent --dataset $(DATASET) --class $(CLASS) --device $(DEVICE) --n-envs $(N_ENVS) --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS))
 
 # Every class; classes are independent jobs, so `make -j 4 train-all` runs four side by side.
 train-all: $(STAMP)
 	@$(MAKE) --no-print-directory $(addprefix train-class-,$(CLASSES))
 
-# Extra seeds 1..MEMBERS-1 of one class's agent (the agent itself is seed 0); then
-# `make eval EVAL_ARGS=--ensemble` adds the agent_ensemble rows (mean Q-values). A member whose
-# agent.zip exists is kept, so a larger MEMBERS only trains the new seeds. Members are
-# independent: `make -j 2 train-ensemble THREADS=1` trains two at once.
-MEMBER_DIR = $(or $(CUTBG_RUNS),runs)/$(notdir $(patsubst %/,%,$(DATASET)))/$(CLASS)/ensemble
-train-ensemble: $(foreach n,$(shell seq 1 $$(($(MEMBERS) - 1))),$(MEMBER_DIR)/seed_$(n)/agent.zip)
-
-$(MEMBER_DIR)/seed_%/agent.zip: | $(STAMP)
-	$(PY) -m train agent --dataset $(DATASET) --class $(CLASS) --device $(DEVICE) --n-envs $(N_ENVS) --seed $* --ensemble-member --threads $(THREADS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))
-
 train-class-%: $(STAMP)
 	$(PY) -m train agent --dataset $(DATASET) --class $* --device $(DEVICE) --n-envs $(N_ENVS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))
 
-eval: $(STAMP)
-	$(PY) -m evaluate --dataset $(DATASET) --device $(DEVICE) $(EVAL_ARGS)
+# Seeds 0..SEEDS-1 of the agents of EVAL_CLASSES (default: CLASS). A seed whose agent.zip exists is
+# kept, so a larger SEEDS trains only the new ones; seeds are independent jobs:
+# `make -j 2 seeds SEEDS=5 THREADS=1` trains two at once. `make eval SEEDS=5` trains what is
+# missing, then reports every row over the seeds.
+RUNS_DIR = $(or $(CUTBG_RUNS),runs)/$(notdir $(patsubst %/,%,$(DATASET)))
+SEED_LIST = $(shell seq 0 $$(($(or $(SEEDS),1) - 1)))
+seed_zip = $(RUNS_DIR)/$(1)/$(if $(filter 0,$(2)),,seeds/seed_$(2)/)agent.zip
+SEED_ZIPS = $(foreach c,$(EVAL_CLASSES),$(foreach n,$(SEED_LIST),$(call seed_zip,$(c),$(n))))
+define SEED_RULE
+$(call seed_zip,$(1),$(2)): | $(STAMP)
+	$(PY) -m train agent --dataset $(DATASET) --class $(1) --device $(DEVICE) --n-envs $(N_ENVS) --seed $(2) --threads $(THREADS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))
+endef
+$(foreach c,$(EVAL_CLASSES),$(foreach n,$(SEED_LIST),$(eval $(call SEED_RULE,$(c),$(n)))))
+
+seeds: $(SEED_ZIPS)
+
+comma := ,
+eval: $(STAMP) $(if $(SEEDS),$(SEED_ZIPS))
+	$(PY) -m evaluate --dataset $(DATASET) --device $(DEVICE) $(if $(SEEDS),--seeds $(SEEDS) --classes $(subst $(eval) ,$(comma),$(strip $(EVAL_CLASSES)))) $(EVAL_ARGS)
 
 # The README's first command: data, classifier, δ, one agent, every method evaluated.
 demo: $(STAMP)

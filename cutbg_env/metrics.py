@@ -250,3 +250,44 @@ def classification_ap(
     recall = ctp / npos
     precision = ctp / np.arange(1, len(tp) + 1)
     return _area(recall, precision)
+
+
+def seed_summary(
+    scores: Sequence[Sequence[float]] | np.ndarray,
+    confidence: float = 0.95,
+    reps: int = 10_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean, standard deviation and bootstrap confidence interval of a score over seeds.
+
+    Args:
+        scores: ``(runs, tasks)`` (e.g. seeds × classes) or ``(runs,)``: one score per run and
+            task. The aggregate is the mean over all entries.
+        confidence: coverage of the interval.
+        reps: bootstrap resamples.
+        seed: seed of the resampling.
+
+    Returns:
+        ``{"mean", "std", "ci_low", "ci_high", "runs"}``: ``std`` is over the runs' aggregates
+        (ddof 1; 0 for one run); the interval is the percentile interval of the aggregate under
+        the stratified bootstrap (runs resampled with replacement within each task), as rliable's
+        ``get_interval_estimates`` computes it.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    x = x.reshape(len(x), -1)
+    if x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError(f"seed_summary: need finite scores of shape (runs, tasks); got {x.shape}")
+    runs = x.shape[0]
+    per_run = x.mean(axis=1)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, runs, size=(reps, runs, x.shape[1]))
+    boot = np.take_along_axis(x[None].repeat(reps, 0), picks, axis=1).mean(axis=(1, 2))
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(boot, [alpha, 1.0 - alpha])
+    return {
+        "mean": float(x.mean()),
+        "std": float(per_run.std(ddof=1)) if runs > 1 else 0.0,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "runs": runs,
+    }

@@ -3,8 +3,9 @@
 Default locations are relative to the checkout (both git-ignored): ``data/`` and ``runs/``;
 ``CUTBG_DATA`` and ``CUTBG_RUNS`` override the two base folders. A class's run folder is
 ``runs/<dataset>/<class>/`` (``agent.zip``, ``config.json``, ``refinement.json``, TensorBoard
-logs); its ensemble members are ``runs/<dataset>/<class>/ensemble/seed_<N>/``, one run folder
-each.
+logs), for seed 0; the agent of seed ``N > 0`` has its own run folder,
+``runs/<dataset>/<class>/seeds/seed_<N>/`` (the seeds that evaluation averages over, and that
+the ensemble rows act on together).
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def agent_dir(dataset: str, class_name: str) -> Path:
     return runs_dir() / dataset_key(dataset) / class_name
 
 
-def ensemble_dir(dataset: str, class_name: str) -> Path:
-    """Folder of a class's ensemble members: ``<agent_dir>/ensemble/seed_<N>/`` each, one run
-    folder per extra seed (``python -m train agent --ensemble-member --seed N``)."""
-    return agent_dir(dataset, class_name) / "ensemble"
+def seed_dir(dataset: str, class_name: str, seed: int = 0) -> Path:
+    """Run folder of the class's agent of ``seed``: :func:`agent_dir` for seed 0, else
+    ``<agent_dir>/seeds/seed_<seed>/``."""
+    if seed < 0:
+        raise ValueError(f"seed={seed}: seeds are 0, 1, 2, ...")
+    base = agent_dir(dataset, class_name)
+    return base if seed == 0 else base / "seeds" / f"seed_{seed}"

@@ -1,5 +1,5 @@
-"""Trained agents on disk: a class's agent, its ensemble members, and the δ each was trained
-with (its run folder's ``config.json``), which evaluation must use."""
+"""Trained agents on disk: a class's agent of each seed, and the δ each was trained with (its
+run folder's ``config.json``), which evaluation must use."""
 
 from __future__ import annotations
 
@@ -7,34 +7,36 @@ import json
 from pathlib import Path
 
 from cutbg_env.errors import CheckpointError
-from cutbg_env.paths import AGENT_FILE, CONFIG_FILE, agent_dir, ensemble_dir, make_command
+from cutbg_env.paths import AGENT_FILE, CONFIG_FILE, agent_dir, make_command, seed_dir
 
 
-def trained_agent(dataset: str, class_name: str, path: str | Path | None = None) -> Path:
-    """The zip of a trained agent: ``path``, else ``runs/<dataset>/<class>/agent.zip``.
+def trained_agent(
+    dataset: str, class_name: str, path: str | Path | None = None, seed: int = 0
+) -> Path:
+    """The zip of a trained agent: ``path``, else the one of ``seed`` in its run folder
+    (:func:`~cutbg_env.paths.seed_dir`).
 
     Raises :class:`CheckpointError` naming the file and the command that trains it when the
     file does not exist."""
-    zip_path = Path(path) if path else agent_dir(dataset, class_name) / AGENT_FILE
+    zip_path = Path(path) if path else seed_dir(dataset, class_name, seed) / AGENT_FILE
     if not zip_path.is_file():
+        variables = {"CLASS": class_name} | ({"SEED": seed} if seed else {})
         raise CheckpointError(
             f"no trained agent at {zip_path}: train one with "
-            f"`{make_command('train', dataset, CLASS=class_name)}`"
+            f"`{make_command('train', dataset, **variables)}`"
         )
     return zip_path
 
 
-def ensemble_agents(dataset: str, class_name: str) -> list[Path]:
-    """The zips of a class's ensemble: its agent (``runs/<dataset>/<class>/agent.zip``, first)
-    and every trained member (``ensemble/seed_<N>/agent.zip``, by seed). One path when no member
-    was trained; :func:`trained_agent`'s error when the class has no agent."""
-    members = [
-        d / AGENT_FILE
-        for d in ensemble_dir(dataset, class_name).glob("seed_*")
-        if (d / AGENT_FILE).is_file() and d.name[len("seed_") :].isdigit()
-    ]
-    members.sort(key=lambda p: int(p.parent.name[len("seed_") :]))
-    return [trained_agent(dataset, class_name), *members]
+def trained_seeds(dataset: str, class_name: str) -> list[int]:
+    """The seeds with a trained agent of the class, in order (seed 0 included when trained)."""
+    base = agent_dir(dataset, class_name)
+    seeds = [0] if (base / AGENT_FILE).is_file() else []
+    for d in (base / "seeds").glob("seed_*"):
+        tail = d.name[len("seed_") :]
+        if tail.isdigit() and int(tail) > 0 and (d / AGENT_FILE).is_file():
+            seeds.append(int(tail))
+    return sorted(seeds)
 
 
 def trained_delta(zip_path: str | Path) -> float:

@@ -16,8 +16,8 @@ measure:
 
 ``greedy_cut`` (``python -m evaluate``) is the same rule with the 12 verdicts known at each step;
 an agent with ``q_auc`` near 1 and chosen-valid near 1 matches it. ``--ensemble`` replays the
-class's agent and its ensemble members (``make train-ensemble``) acting on their mean Q-values,
-as ``agent_ensemble`` does. The verdicts use the δ the agent was trained with (its
+class's agents of every trained seed (``make seeds``) acting on their mean Q-values, as
+``agent_ensemble`` does. The verdicts use the δ the agent was trained with (its
 ``config.json``). Writes ``results/diagnose_<class>.json`` and prints a table.
 """
 
@@ -41,7 +41,7 @@ from cutbg_env.errors import OptionError
 from cutbg_env.io import write_json
 from cutbg_env.localize import score_cuts
 from cutbg_env.rollout import ensemble_options, mean_q_values, rollout
-from cutbg_env.runs import ensemble_agents, trained_agent, trained_delta
+from cutbg_env.runs import trained_agent, trained_delta, trained_seeds
 from cutbg_env.world import CutWorld
 
 STEP_BANDS = ((0, 5), (5, 10), (10, MAX_EPISODE_STEPS))
@@ -185,7 +185,10 @@ def report(args: DiagnoseArgs) -> dict:
     if args.ensemble and args.agent:
         raise OptionError("--ensemble replays the class's agent and its members: drop --agent")
     zips = (
-        ensemble_agents(args.dataset, args.class_name)
+        [
+            trained_agent(args.dataset, args.class_name, seed=n)
+            for n in trained_seeds(args.dataset, args.class_name)
+        ]
         if args.ensemble
         else [trained_agent(args.dataset, args.class_name, args.agent)]
     )

@@ -10,8 +10,14 @@ Methods (same classifier, same images: every test image, positives and negatives
 * ``exhaustive``: the highest-scoring of ~2,000 multi-scale windows (the proposal approach).
 * ``greedy_cut``: the reward's own policy, all 12 cuts tried every step (~200 calls).
 * ``agent_ensemble`` / ``agent_ensemble_refined`` (with ``--ensemble``; every class needs
-  ensemble members, ``make train-ensemble``): greedy actions on the mean Q-values of the class's
-  agent and its members, and that box refined; the same classifier calls per step as ``agent``.
+  agents of several seeds, ``make seeds``): greedy actions on the mean Q-values of the class's
+  agents of every trained seed, and that box refined; the same classifier calls per step as
+  ``agent``.
+
+With ``--seeds N`` the agent rows are measured for the agents of seeds 0..N-1 and every row
+reports the mean over seeds, the standard deviation and a 95 % bootstrap confidence interval
+(:func:`~cutbg_env.metrics.seed_summary`); the rows without an agent are computed once per δ and
+heat-map setting.
 
 The confidence of every box is the full-image score ``p̄(c|x)`` (the paper's definition). Every
 rule-based row of a class runs at the δ its agent was trained with (its ``config.json``).
@@ -33,11 +39,17 @@ from cutbg_env.backbone import load_classifier
 from cutbg_env.calibration import load_calibration
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
-from cutbg_env.errors import CheckpointError
+from cutbg_env.errors import CheckpointError, OptionError
 from cutbg_env.geometry import FULL_CROP, crop_to_box
 from cutbg_env.io import log, relpath, write_json, write_text
 from cutbg_env.localize import exhaustive, exhaustive_windows, greedy_cut
-from cutbg_env.metrics import average_precision, corloc, plot_pr_curve, precision_recall
+from cutbg_env.metrics import (
+    average_precision,
+    corloc,
+    plot_pr_curve,
+    precision_recall,
+    seed_summary,
+)
 from cutbg_env.refine import (
     REFINEMENT_FILE,
     Setting,
@@ -57,7 +69,7 @@ from cutbg_env.rollout import (
     rollout,
     sb3_policy,
 )
-from cutbg_env.runs import ensemble_agents, trained_agent, trained_delta
+from cutbg_env.runs import trained_agent, trained_delta, trained_seeds
 from cutbg_env.world import CutWorld
 from evaluate.figures import write_figure
 
@@ -71,7 +83,9 @@ METHODS = (
     "greedy_cut",
 )
 ENSEMBLE_METHODS = ("agent_ensemble", "agent_ensemble_refined")
-"""Rows added when every evaluated class has ensemble members (see :func:`ensemble_members`)."""
+"""Rows added with ``--ensemble`` (see :func:`ensemble_members`)."""
+AGENT_FREE = ("full_image", "heatmap", "exhaustive", "greedy_cut")
+"""Rows that do not depend on the agent (only on δ and the heat-map setting)."""
 
 
 @dataclass(frozen=True)
@@ -93,20 +107,25 @@ class EvalArgs(StageArgs):
     seed: int = 0
     """Seed of the random agent."""
     ensemble: bool = False
-    """Add the agent_ensemble rows (every class needs ensemble members: make train-ensemble)."""
+    """Add the agent_ensemble rows: every trained seed's agent of a class acting together."""
+    seeds: int = 1
+    """Evaluate the agents of seeds 0..N-1 (make eval SEEDS=N trains missing ones first) and
+    report the mean, standard deviation and 95 % bootstrap CI over seeds."""
 
 
 def ensemble_members(dataset: str, classes: Sequence[str]) -> dict[str, list[Path]]:
-    """Per class, the zips of the ensemble evaluated as ``agent_ensemble`` (the agent first,
-    :func:`~cutbg_env.runs.ensemble_agents`). Raises :class:`CheckpointError` naming the first
-    class without a member and the command that trains them."""
-    members = {c: ensemble_agents(dataset, c) for c in classes}
+    """Per class, the zips of the ensemble evaluated as ``agent_ensemble``: the agents of every
+    trained seed (seed 0 first). Raises :class:`CheckpointError` naming the first class with
+    fewer than two and the command that trains more."""
+    members = {
+        c: [trained_agent(dataset, c, seed=n) for n in trained_seeds(dataset, c)] for c in classes
+    }
     lacking = [c for c, m in members.items() if len(m) < 2]
     if lacking:
         raise CheckpointError(
-            f"--ensemble: {', '.join(lacking)} has no ensemble member in "
-            f"{paths.ensemble_dir(dataset, lacking[0])}: train them with "
-            f"`{paths.make_command('train-ensemble', dataset, CLASS=lacking[0])}`"
+            f"--ensemble: {', '.join(lacking)} has {len(members[lacking[0]])} trained seed(s) in "
+            f"{paths.agent_dir(dataset, lacking[0])}; an ensemble needs two or more: train them "
+            f"with `{paths.make_command('seeds', dataset, CLASS=lacking[0], SEEDS=10)}`"
         )
     return members
 
@@ -123,17 +142,21 @@ def evaluate_class(
     world: CutWorld,
     cls: str,
     indices: list[int],
-    figdir: Path,
+    figdir: Path | None,
     setting: Setting,
     agent: Path,
     ensemble: Sequence[Path] = (),
+    cache: dict | None = None,
 ) -> dict[str, dict]:
-    """Boxes, calls and seconds of every method for one class on ``indices``.
+    """Boxes, calls and seconds per image of every method for one class on ``indices``.
 
     ``setting`` is the heat-map ``(layer, region, threshold)`` of ``heatmap`` and the refined
     rows; ``agent`` the class's agent zip, whose δ (:func:`~cutbg_env.runs.trained_delta`) every
-    rule-based method uses; a non-empty ``ensemble`` (agent zips, the class's agent first) adds
-    the ``agent_ensemble`` rows."""
+    rule-based method uses; a non-empty ``ensemble`` (agent zips) adds the ``agent_ensemble``
+    rows. ``cache`` (a dict kept across calls for the same class and images) reuses the rows
+    that do not depend on the agent (:data:`AGENT_FREE`) when δ and the setting are the same.
+    ``figdir=None`` draws no figure."""
+    cache = {} if cache is None else cache
     data = world.data
     delta = trained_delta(agent)
     layer, region, thr = setting
@@ -142,6 +165,7 @@ def evaluate_class(
     world.mid_maps(indices)
     _, p_full = world.full(indices)
     score = dict(zip(indices, p_full, strict=True))
+    per_image = max(len(indices), 1)
 
     def box(i: int, crop: tuple) -> tuple:
         return crop_to_box(crop, *sizes[i])
@@ -153,12 +177,24 @@ def evaluate_class(
     res: dict[str, dict] = {}
 
     def record(name: str, boxes: dict, calls: float, seconds: float) -> None:
-        res[name] = {"boxes": boxes, "calls": calls, "seconds": seconds}
+        res[name] = {"boxes": boxes, "calls": calls, "seconds": seconds / per_image}
+        res[name]["scores"] = score
 
-    t = time.perf_counter()
-    record("full_image", {i: box(i, FULL_CROP) for i in indices}, 1.0, time.perf_counter() - t)
-    t = time.perf_counter()
-    record("heatmap", {i: heat(i, FULL_CROP) for i in indices}, 1.0, time.perf_counter() - t)
+    def agent_free(name: str, key: object, compute) -> None:
+        """Record an agent-free row, computed once per ``key``."""
+        if (name, key) not in cache:
+            t = time.perf_counter()
+            boxes, calls = compute()
+            record(name, boxes, calls, time.perf_counter() - t)
+            cache[(name, key)] = res[name]
+        res[name] = cache[(name, key)]
+
+    def localized(locs: list) -> tuple[dict, float]:
+        boxes = {i: box(i, loc.crop) for i, loc in zip(indices, locs, strict=True)}
+        return boxes, float(np.mean([loc.calls for loc in locs]))
+
+    agent_free("full_image", None, lambda: ({i: box(i, FULL_CROP) for i in indices}, 1.0))
+    agent_free("heatmap", setting, lambda: ({i: heat(i, FULL_CROP) for i in indices}, 1.0))
 
     def run_policy(
         name: str, policy: Policy, options: dict[str, bool], refined: bool = True
@@ -180,36 +216,65 @@ def evaluate_class(
     run_policy("random_agent", random_policy(args.seed), observation_options(model), False)
     crops, trails = run_policy("agent", sb3_policy(model), observation_options(model))
     if ensemble:
-        models = [model, *(DQN.load(z, device=args.device) for z in ensemble[1:])]
+        models = [DQN.load(z, device=args.device) for z in ensemble]
         options = ensemble_options(models, [relpath(z) for z in ensemble])
         run_policy("agent_ensemble", ensemble_policy(models), options)
-    t = time.perf_counter()
-    ex = exhaustive(world, indices, _windows(args.exhaustive_windows))
-    record(
-        "exhaustive",
-        {i: box(i, loc.crop) for i, loc in zip(indices, ex, strict=True)},
-        float(np.mean([loc.calls for loc in ex])),
-        time.perf_counter() - t,
-    )
-    t = time.perf_counter()
-    gr = greedy_cut(world, indices, delta)
-    record(
-        "greedy_cut",
-        {i: box(i, loc.crop) for i, loc in zip(indices, gr, strict=True)},
-        float(np.mean([loc.calls for loc in gr])),
-        time.perf_counter() - t,
-    )
-    for name in res:
-        res[name]["seconds"] /= max(len(indices), 1)
-        res[name]["scores"] = score
-    positives = [i for i in indices if data.gt_boxes(i, cls)]
-    for i in positives[: args.figures]:
-        write_figure(world, i, trails[i], crops[i], res["agent_refined"]["boxes"][i], layer, figdir)
+    windows = _windows(args.exhaustive_windows)
+    agent_free("exhaustive", len(windows), lambda: localized(exhaustive(world, indices, windows)))
+    agent_free("greedy_cut", delta, lambda: localized(greedy_cut(world, indices, delta)))
+    if figdir is not None:
+        positives = [i for i in indices if data.gt_boxes(i, cls)]
+        for i in positives[: args.figures]:
+            refined = res["agent_refined"]["boxes"][i]
+            write_figure(world, i, trails[i], crops[i], refined, layer, figdir)
     return res
+
+
+def _scores(res: dict[str, dict], data, cls: str, indices: list[int]) -> dict[str, dict]:
+    """AP (VOC and VOC07), CorLoc, calls and seconds per image of each method's boxes."""
+    gt = {i: data.gt_boxes(i, cls) for i in indices}
+    gt_pos = {i: g for i, g in gt.items() if g}
+    out = {}
+    for m, r in res.items():
+        dets = [(i, float(r["scores"][i]), r["boxes"][i]) for i in indices]
+        out[m] = {
+            "ap": average_precision(dets, gt),
+            "ap07": average_precision(dets, gt, use_07_metric=True),
+            "corloc": corloc(r["boxes"], gt_pos),
+            "calls": r["calls"],
+            "seconds": r["seconds"],
+            "pr": precision_recall(dets, gt),
+        }
+    return out
+
+
+def _rows(per_class: dict[str, dict[str, dict]], methods: Sequence[str]) -> dict[str, dict]:
+    """One seed's rows: per method, AP / CorLoc per class and their means over classes."""
+    rows = {}
+    for m in methods:
+        cells = {c: per_class[c][m] for c in per_class if m in per_class[c]}
+        if not cells:
+            continue
+        ap = {c: v["ap"] for c, v in cells.items()}
+        ap07 = {c: v["ap07"] for c, v in cells.items()}
+        cl = {c: v["corloc"] for c, v in cells.items()}
+        rows[m] = {
+            "ap": ap,
+            "ap07": ap07,
+            "map": float(np.mean(list(ap.values()))),
+            "map07": float(np.mean(list(ap07.values()))),
+            "corloc": cl,
+            "mean_corloc": float(np.mean(list(cl.values()))),
+            "calls_per_image": float(np.mean([v["calls"] for v in cells.values()])),
+            "seconds_per_image": float(np.mean([v["seconds"] for v in cells.values()])),
+        }
+    return rows
 
 
 def run(args: EvalArgs) -> dict:
     """Evaluate and write ``results/eval.json``, ``eval.md``, PR curves and figures."""
+    if args.seeds < 1:
+        raise OptionError(f"--seeds {args.seeds}: evaluate at least one seed (1, 2, ...)")
     _, test_split = dataset_splits(args.dataset)
     split = args.split or test_split
     data = open_split(args.dataset, split, args.root)
@@ -229,80 +294,80 @@ def run(args: EvalArgs) -> dict:
             f"{paths.runs_dir() / paths.dataset_key(args.dataset)}: train one with "
             f"`{paths.make_command('train', args.dataset, CLASS='dog')}`"
         )
-    agents = {c: trained_agent(args.dataset, c) for c in classes}
-    deltas = {c: trained_delta(agents[c]) for c in classes}
+    seeds = list(range(args.seeds))
+    agents = {(c, n): trained_agent(args.dataset, c, seed=n) for n in seeds for c in classes}
     hint = paths.make_command("train-classifier", args.dataset)
     model, _ = load_classifier(args.classifier_file(), args.device, hint=hint)
     indices = list(range(len(data)))[: args.max_images]
     out = Path(args.out)
-    ensembles = ensemble_members(args.dataset, classes) if args.ensemble else {}
+    if args.ensemble and args.seeds > 1:
+        ensembles = {c: [agents[c, n] for n in seeds] for c in classes}
+    else:
+        ensembles = ensemble_members(args.dataset, classes) if args.ensemble else {}
     methods = METHODS + ENSEMBLE_METHODS if ensembles else METHODS
-    table: dict[str, dict] = {
-        m: {"ap": {}, "ap07": {}, "corloc": {}, "calls": [], "secs": []} for m in methods
+    calibration = load_calibration(args.dataset)
+    worlds = {
+        c: CutWorld(
+            args.dataset, split, c, root=args.root, device=args.device, model=model, data=data
+        )
+        for c in classes
     }
-    tables = {c: read_refinement(agents[c].parent / REFINEMENT_FILE) for c in classes}
-    settings, how = evaluation_settings(tables, load_calibration(args.dataset))
-    log(f"refinement heat-map: {how}")
-    for cls in classes:
-        world = CutWorld(
-            args.dataset, split, cls, root=args.root, device=args.device, model=model, data=data
-        )
-        log(f"evaluating {cls} on {len(indices)} {split} images")
-        res = evaluate_class(
-            args,
-            world,
-            cls,
-            indices,
-            out / "figures",
-            settings[cls],
-            agents[cls],
-            ensembles.get(cls, ()),
-        )
-        gt = {i: data.gt_boxes(i, cls) for i in indices}
-        gt_pos = {i: g for i, g in gt.items() if g}
-        for m, r in res.items():
-            dets = [(i, float(r["scores"][i]), r["boxes"][i]) for i in indices]
-            table[m]["ap"][cls] = average_precision(dets, gt)
-            table[m]["ap07"][cls] = average_precision(dets, gt, use_07_metric=True)
-            table[m]["corloc"][cls] = corloc(r["boxes"], gt_pos)
-            table[m]["calls"].append(r["calls"])
-            table[m]["secs"].append(r["seconds"])
-            rec, prec = precision_recall(dets, gt)
-            plot_pr_curve(
-                rec,
-                prec,
-                out / "pr" / f"{cls}_{m}.png",
-                f"{cls} / {m}: AP {table[m]['ap'][cls]:.1f}",
+    caches: dict[str, dict] = {c: {} for c in classes}
+    per_seed, settings_of, how_of, deltas_of = [], [], [], []
+    for n in seeds:
+        tables = {c: read_refinement(agents[c, n].parent / REFINEMENT_FILE) for c in classes}
+        settings, how = evaluation_settings(tables, calibration)
+        log(f"refinement heat-map{f' (seed {n})' if args.seeds > 1 else ''}: {how}")
+        per_class = {}
+        for cls in classes:
+            log(
+                f"evaluating {cls}{f' seed {n}' if args.seeds > 1 else ''} on {len(indices)} {split} images"
             )
+            res = evaluate_class(
+                args,
+                worlds[cls],
+                cls,
+                indices,
+                out / "figures" if n == 0 else None,
+                settings[cls],
+                agents[cls, n],
+                ensembles.get(cls, ()) if n == 0 else (),
+                caches[cls],
+            )
+            per_class[cls] = _scores(res, data, cls, indices)
+            for m, v in per_class[cls].items():
+                if n == 0:
+                    plot_pr_curve(
+                        *v["pr"], out / "pr" / f"{cls}_{m}.png", f"{cls} / {m}: AP {v['ap']:.1f}"
+                    )
+        per_seed.append(_rows(per_class, methods))
+        settings_of.append({c: setting_key(settings[c]) for c in classes})
+        how_of.append(how)
+        deltas_of.append({c: trained_delta(agents[c, n]) for c in classes})
     result: dict = {
         "dataset": args.dataset,
         "split": split,
         "classes": classes,
         "images": len(indices),
         "args": dataclasses.asdict(args),
-        "refinement": {
-            "rule": how,
-            "settings": {c: setting_key(settings[c]) for c in classes},
-        },
+        "refinement": {"rule": how_of[0], "settings": settings_of[0]},
         "delta": {
-            "values": deltas,
-            "source": {c: relpath(agents[c].parent / paths.CONFIG_FILE) for c in classes},
+            "values": deltas_of[0],
+            "source": {c: relpath(agents[c, 0].parent / paths.CONFIG_FILE) for c in classes},
         },
     }
     if ensembles:
         result["ensemble"] = {c: [relpath(z) for z in zips] for c, zips in ensembles.items()}
-    for m in methods:
-        t = table[m]
-        result[m] = {
-            "ap": t["ap"],
-            "ap07": t["ap07"],
-            "map": float(np.mean(list(t["ap"].values()))),
-            "map07": float(np.mean(list(t["ap07"].values()))),
-            "corloc": t["corloc"],
-            "mean_corloc": float(np.mean(list(t["corloc"].values()))),
-            "calls_per_image": float(np.mean(t["calls"])),
-            "seconds_per_image": float(np.mean(t["secs"])),
+    if args.seeds == 1:
+        result |= per_seed[0]
+    else:
+        result["seeds"] = {
+            "seeds": seeds,
+            "refinement": settings_of,
+            "delta": deltas_of,
+            "agents": {c: [relpath(agents[c, n]) for n in seeds] for c in classes},
         }
+        result |= _over_seeds(per_seed, methods, classes)
     write_json(out / "eval.json", result)
     md = markdown_table(result)
     write_text(out / "eval.md", md)
@@ -311,9 +376,57 @@ def run(args: EvalArgs) -> dict:
     return result
 
 
+def _over_seeds(
+    per_seed: list[dict[str, dict]], methods: Sequence[str], classes: Sequence[str]
+) -> dict[str, dict]:
+    """Per method, the seed-0 row plus ``over_seeds``: :func:`~cutbg_env.metrics.seed_summary`
+    of mAP and mean CorLoc over the seeds that have the row (seeds × classes, stratified by
+    class), and the per-seed values."""
+    out = {}
+    for m in methods:
+        rows = [r[m] for r in per_seed if m in r]
+        if not rows:
+            continue
+        out[m] = dict(rows[0])
+        out[m]["over_seeds"] = {
+            "map": seed_summary([[r["ap"][c] for c in classes] for r in rows]),
+            "corloc": seed_summary([[r["corloc"][c] for c in classes] for r in rows]),
+            "per_seed_map": [r["map"] for r in rows],
+            "per_seed_corloc": [r["mean_corloc"] for r in rows],
+            "calls_per_image": float(np.mean([r["calls_per_image"] for r in rows])),
+        }
+    return out
+
+
+def seeds_table(result: dict) -> list[str]:
+    """The rows over seeds: mean ± standard deviation [95 % CI] of mAP and CorLoc."""
+    n = len(result["seeds"]["seeds"])
+    lines = [
+        f"# Localization on {result['dataset']} / {result['split']} ({result['images']} images), "
+        f"{n} seeds",
+        "",
+        "| method | seeds | mAP mean ± std | mAP 95 % CI | CorLoc mean ± std | CorLoc 95 % CI | "
+        "calls / image | CorLoc per seed |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in (m for m in METHODS + ENSEMBLE_METHODS if m in result):
+        o = result[m]["over_seeds"]
+        a, c = o["map"], o["corloc"]
+        lines.append(
+            f"| {m} | {a['runs']} | {a['mean']:.1f} ± {a['std']:.1f} | "
+            f"{a['ci_low']:.1f}–{a['ci_high']:.1f} | {c['mean']:.1f} ± {c['std']:.1f} | "
+            f"{c['ci_low']:.1f}–{c['ci_high']:.1f} | {o['calls_per_image']:.1f} | "
+            + " / ".join(f"{v:.1f}" for v in o["per_seed_corloc"])
+            + " |"
+        )
+    return lines
+
+
 def markdown_table(result: dict) -> str:
-    """The table a person reads (like the paper's Tables 2–5)."""
+    """The table a person reads (like the paper's Tables 2–5); over seeds with ``--seeds``."""
     classes = result["classes"]
+    if "seeds" in result:
+        return "\n".join([*seeds_table(result), *_notes(result)]) + "\n"
     lines = [
         f"# Localization on {result['dataset']} / {result['split']} ({result['images']} images)",
         "",
@@ -330,6 +443,12 @@ def markdown_table(result: dict) -> str:
             + " | ".join(f"{r['ap'][c]:.1f}" for c in classes)
             + " |"
         )
+    return "\n".join(lines + _notes(result)) + "\n"
+
+
+def _notes(result: dict) -> list[str]:
+    """The lines under the table: heat-map setting, δ, ensemble sizes."""
+    lines: list[str] = []
     ref = result.get("refinement")
     if ref:
         chosen = ", ".join(f"{c} {k}" for c, k in ref["settings"].items())
@@ -347,4 +466,6 @@ def markdown_table(result: dict) -> str:
     if "ensemble" in result:
         sizes = ", ".join(f"{c} {len(z)}" for c, z in result["ensemble"].items())
         lines += ["", f"agent_ensemble: mean Q-values of each class's agents ({sizes})."]
-    return "\n".join(lines) + "\n"
+    if "seeds" in result:
+        lines += ["", "Heat-map and δ lines: seed 0's; eval.json has every seed's."]
+    return lines

@@ -17,7 +17,6 @@ CorLoc of every heat-map setting to ``refinement.json`` (:func:`choose_refinemen
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from cutbg_env.calibration import resolve_delta, validation_images, validation_t
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
 from cutbg_env.dqn import VOC_DATASETS, CutDQN, DQNArgs
-from cutbg_env.errors import CheckpointError, OptionError
+from cutbg_env.errors import CheckpointError
 from cutbg_env.io import atomic_path, log, relpath, write_json
 from cutbg_env.refine import REFINEMENT_FILE, refinement_scores, write_refinement
 from cutbg_env.rollout import observation_options, rollout, sb3_policy
@@ -75,9 +74,8 @@ class AgentArgs(StageArgs, DQNArgs):
     progress: bool = True
     """Show SB3's progress bar."""
     seed: int = 0
-    """Seed of the env order, exploration and initialisation."""
-    ensemble_member: bool = False
-    """Train an extra ensemble member: run folder runs/<dataset>/<class>/ensemble/seed_<seed>."""
+    """Seed of the env order, exploration and initialisation; seed N > 0 trains into
+    runs/<dataset>/<class>/seeds/seed_N."""
     threads: int = 0
     """Torch CPU threads (0 = torch's default)."""
 
@@ -98,12 +96,10 @@ class AgentArgs(StageArgs, DQNArgs):
         )
 
     def run_dir(self) -> Path:
-        """``out``, else the member's folder, else ``runs/<dataset>/<class>``."""
+        """``out``, else the seed's run folder (:func:`~cutbg_env.paths.seed_dir`)."""
         if self.out:
             return Path(self.out)
-        if self.ensemble_member:
-            return paths.ensemble_dir(self.dataset, self.class_name) / f"seed_{self.seed}"
-        return paths.agent_dir(self.dataset, self.class_name)
+        return paths.seed_dir(self.dataset, self.class_name, self.seed)
 
 
 def make_vec_env(args: AgentArgs, split: str, model: Any = None) -> BatchedCutBackgroundVecEnv:
@@ -127,22 +123,6 @@ def make_vec_env(args: AgentArgs, split: str, model: Any = None) -> BatchedCutBa
         obs_dtype=args.obs_dtype,
         observe_score=args.observe_score,
     )
-
-
-def _check_member_seed(args: AgentArgs) -> None:
-    """A member must not repeat the seed of the class's agent: it would be the same run."""
-    if not args.ensemble_member or args.out:
-        return
-    config = paths.agent_dir(args.dataset, args.class_name) / paths.CONFIG_FILE
-    try:
-        seed = json.loads(config.read_text())["args"]["seed"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # no agent yet (or an unreadable config): nothing to repeat
-    if seed == args.seed:
-        raise OptionError(
-            f"--ensemble-member --seed {args.seed}: the class's agent ({config}) was trained "
-            f"with seed {seed}; give the member another seed"
-        )
 
 
 def choose_refinement(model: Any, world: CutWorld, delta: float, path: Path) -> dict | None:
@@ -181,7 +161,6 @@ def train_agent(args: AgentArgs) -> Path:
 def fit_agent(args: AgentArgs) -> tuple[CutDQN, Path]:
     """:func:`train_agent` that also returns the trained model."""
     args = args.resolved()
-    _check_member_seed(args)
     train_split, _ = dataset_splits(args.dataset)
     data = open_split(args.dataset, train_split, args.root)
     data.class_index(args.class_name)  # UnknownClassError listing the classes
