@@ -34,25 +34,29 @@ class EpochClock:
 
 
 class EpsilonSchedule:
-    """ε = 1.0 → ``end`` in steps of 0.1 spread evenly over ``decay`` epochs (paper §3.1)."""
+    """ε = 1.0 → ``end`` in steps of 0.1 spread evenly over ``decay`` epochs (paper §3.1);
+    ``decay = 0``: ``end`` from the start."""
 
     def __init__(self, clock: EpochClock, decay: int, end: float) -> None:
         self.clock, self.decay, self.end = clock, decay, end
 
     def __call__(self, _progress_remaining: float) -> float:
+        if self.decay <= 0:
+            return self.end
         n_steps = round((1.0 - self.end) / 0.1)
         k = min(n_steps, math.floor(self.clock.epoch / self.decay * n_steps))
         return max(self.end, 1.0 - 0.1 * k)
 
 
 class LrSchedule:
-    """Learning rate decaying geometrically ``start`` → ``end`` over ``decay`` epochs, then flat."""
+    """Learning rate decaying geometrically ``start`` → ``end`` over ``decay`` epochs, then flat;
+    ``decay = 0``: ``end`` from the start."""
 
     def __init__(self, clock: EpochClock, decay: int, start: float, end: float) -> None:
         self.clock, self.decay, self.start, self.end = clock, decay, start, end
 
     def __call__(self, _progress_remaining: float) -> float:
-        f = min(1.0, self.clock.epoch / self.decay)
+        f = min(1.0, self.clock.epoch / self.decay) if self.decay > 0 else 1.0
         return self.start * (self.end / self.start) ** f
 
 
