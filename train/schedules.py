@@ -61,7 +61,8 @@ class LrSchedule:
 
 
 class EpochCallback(BaseCallback):
-    """Counts episodes, logs score drops, saves a checkpoint each epoch, stops after the last."""
+    """Counts episodes, logs score drops, checkpoints each epoch (keeping the newest), stops after
+    the last."""
 
     def __init__(self, clock: EpochClock, epochs: int, run_dir: Path, save_buffer: bool) -> None:
         super().__init__()
@@ -103,6 +104,11 @@ class EpochCallback(BaseCallback):
                 "timesteps": self.model.num_timesteps,
             },
         )
+        # Only the newest epoch is needed to resume; older ones are removed once it is on disk
+        # (a checkpoint of a many-headed agent is tens of MB).
+        for old in ckpt_dir.glob("epoch_*.zip"):
+            if old.name != f"epoch_{epoch:03d}.zip":
+                old.unlink(missing_ok=True)
 
 
 def last_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
