@@ -187,7 +187,8 @@ def report(args: DiagnoseArgs) -> dict:
     zips = (
         [
             trained_agent(args.dataset, args.class_name, seed=n)
-            for n in trained_seeds(args.dataset, args.class_name)
+            # no seed at all: seed 0's CheckpointError names the command that trains it
+            for n in trained_seeds(args.dataset, args.class_name) or [0]
         ]
         if args.ensemble
         else [trained_agent(args.dataset, args.class_name, args.agent)]
