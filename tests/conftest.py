@@ -12,6 +12,14 @@ TINY_ANIMALS = GeneratorConfig(n_trainval=24, n_test=12)
 """Config of the tiny generated dataset the tests share."""
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "slow: trains or evaluates on the tiny pipeline (seconds each); runs by default, "
+        "deselect with -m 'not slow'",
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_animals(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root of a tiny cluttered-animals dataset (24 trainval + 12 test images, VOC layout)."""
@@ -60,6 +68,48 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_animals: Path) 
         "args": args,
     }
     mp.undo()
+
+
+@pytest.fixture
+def own_runs(tiny_pipeline: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the pipeline's ``runs/animals`` (classifier, calibration and the dog
+    agent's zip, config and refinement table) as ``CUTBG_RUNS``, for the tests that write run
+    files: the session's runs stay as every other test expects them. Returns the copy's
+    ``runs/animals`` folder."""
+    import shutil
+
+    src = tiny_pipeline["base"] / "runs" / "animals"
+    dst = tmp_path / "runs" / "animals"
+    (dst / "dog").mkdir(parents=True)
+    for name in ("classifier.pt", "calibration.json"):
+        shutil.copy2(src / name, dst / name)
+    for name in ("agent.zip", "config.json", "refinement.json"):
+        shutil.copy2(src / "dog" / name, dst / "dog" / name)
+    monkeypatch.setenv("CUTBG_RUNS", str(tmp_path / "runs"))
+    return dst
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(autouse=True)
+def _session_runs_unchanged(request: pytest.FixtureRequest) -> None:
+    """No test may change the shared pipeline's runs folder (tests that write run files use
+    :func:`own_runs` or an ``out=`` folder of their own), so no test depends on another's order."""
+    if "tiny_pipeline" not in request.fixturenames:
+        yield
+        return
+    runs = request.getfixturevalue("tiny_pipeline")["base"] / "runs"
+    before = _tree(runs)
+    yield
+    after = _tree(runs)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the test changed the shared pipeline's runs: {changed}"
 
 
 @pytest.fixture(scope="session", autouse=True)

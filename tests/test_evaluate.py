@@ -1,18 +1,43 @@
-"""Evaluation driver on the tiny trained pipeline: every method, every output file."""
+"""Evaluation driver on the tiny trained pipeline: every method, every output file, the agent's
+δ, the ensemble rows; and the ensemble policy on fake agents."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+from tiny import fake_q_model
 
-from cutbg_env.core import CutWorld
+from cutbg_env.data import open_split
 from cutbg_env.errors import CheckpointError, OptionError
+from cutbg_env.geometry import FULL_CROP, crop_to_box
+from cutbg_env.localize import greedy_cut
+from cutbg_env.metrics import average_precision, corloc
+from cutbg_env.refine import REFINEMENT_FILE
+from cutbg_env.rollout import ensemble_options, ensemble_policy, observation_options
+from cutbg_env.runs import trained_agent, trained_delta, trained_seeds
+from cutbg_env.world import CutWorld
 from evaluate.__main__ import main as eval_main
 from evaluate.run import METHODS, EvalArgs, evaluate_class, run
-from train.agent import REFINEMENT_FILE
+
+slow = pytest.mark.slow
+ROW_KEYS = {
+    "ap",
+    "ap07",
+    "map",
+    "map07",
+    "corloc",
+    "mean_corloc",
+    "calls_per_image",
+    "seconds_per_image",
+}
 
 
+@slow
 def test_eval_writes_every_method_and_file(tiny_pipeline: dict) -> None:
     out = tiny_pipeline["base"] / "results_eval"
     # the tiny test split has no dog: evaluate on trainval, which has six
@@ -22,29 +47,48 @@ def test_eval_writes_every_method_and_file(tiny_pipeline: dict) -> None:
     saved = json.loads((out / "eval.json").read_text())
     assert saved["dataset"] == "animals" and saved["split"] == "trainval"
     assert saved["classes"] == ["dog"] and saved["images"] == 24  # every image, negatives too
+    assert set(saved) == {
+        "dataset",
+        "split",
+        "classes",
+        "images",
+        "args",
+        "refinement",
+        "delta",
+    } | set(METHODS)  # --ensemble is off by default: no ensemble rows
     for m in METHODS:
-        r = saved[m]
-        assert set(r) == {
-            "ap",
-            "ap07",
-            "map",
-            "map07",
-            "corloc",
-            "mean_corloc",
-            "calls_per_image",
-            "seconds_per_image",
-        }
-        assert 0 <= r["map"] <= 100 and 0 <= r["mean_corloc"] <= 100
+        assert set(saved[m]) == ROW_KEYS
+        assert saved[m]["map"] == saved[m]["ap"]["dog"]  # one class: its mean is its AP
+        assert saved[m]["mean_corloc"] == saved[m]["corloc"]["dog"]
+        assert saved[m]["corloc"]["dog"] in {100 * k / 6 for k in range(7)}  # 6 positives
         assert (out / "pr" / f"dog_{m}.png").is_file()
+    # calls per image: exact for the rule-based rows
     assert saved["exhaustive"]["calls_per_image"] == 50
-    assert saved["full_image"]["calls_per_image"] == 1
-    assert 1 <= saved["agent"]["calls_per_image"] <= 21
+    assert saved["full_image"]["calls_per_image"] == saved["heatmap"]["calls_per_image"] == 1
     assert saved["agent_refined"]["calls_per_image"] == saved["agent"]["calls_per_image"]
-    assert saved["greedy_cut"]["calls_per_image"] > 12
-    assert saved["agent"]["corloc"]["dog"] in {100 * k / 6 for k in range(7)}
+    assert 1 <= saved["agent"]["calls_per_image"] <= 21
+    # the whole image as the box, p̄ as the confidence: recomputed here
+    data = open_split("animals", "trainval")
+    world = CutWorld("animals", "trainval", "dog", data=data)
+    indices = list(range(24))
+    _, p_full = world.full(indices)
+    gt = {i: data.gt_boxes(i, "dog") for i in indices}
+    whole = {i: crop_to_box(FULL_CROP, 224, 224) for i in indices}
+    dets = [(i, p, whole[i]) for i, p in zip(indices, p_full, strict=True)]
+    assert saved["full_image"]["ap"]["dog"] == pytest.approx(average_precision(dets, gt))
+    assert saved["full_image"]["corloc"]["dog"] == corloc(whole, {i: g for i, g in gt.items() if g})
+    # greedy_cut ran at the agent's δ: the same mean calls as a run of it here
+    delta = trained_delta(tiny_pipeline["agent"])
+    calls = np.mean([loc.calls for loc in greedy_cut(world, indices, delta)])
+    assert saved["greedy_cut"]["calls_per_image"] == pytest.approx(calls)
+    assert saved["delta"]["values"] == {"dog": delta}
+    assert saved["delta"]["source"] == {"dog": "runs/animals/dog/config.json"}  # from the cwd
     md = (out / "eval.md").read_text()
-    assert all(f"| {m} |" in md for m in METHODS)
-    assert len(list((out / "figures").glob("dog_*.png"))) >= 1
+    assert all(f"| {m} |" in md for m in METHODS) and "agent_ensemble" not in md
+    assert f"δ of every rule-based row: dog {delta:g} (each agent's training δ, config.json)." in md
+    figures = sorted((out / "figures").glob("dog_*.png"))
+    assert [f.name for f in figures] == [f"dog_{data.ids[i]}.png" for i in (1, 7)]  # 2 dogs
+    assert cv2.imread(str(figures[0])).shape == (224, 3 * 224, 3)  # three panels
     assert result["agent"]["map"] == saved["agent"]["map"]
     # one class: pooling its own validation table gives its own choice
     own = json.loads((tiny_pipeline["agent"].parent / REFINEMENT_FILE).read_text())
@@ -53,69 +97,93 @@ def test_eval_writes_every_method_and_file(tiny_pipeline: dict) -> None:
     assert f"dog {key} (pooled over dog)" in md
 
 
+@slow
+def test_eval_uses_the_agents_training_delta(
+    own_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rule-based row runs at the δ of the agent's config.json, not the calibration's."""
+    import evaluate.run
+
+    config_path = own_runs / "dog" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert json.loads((own_runs / "calibration.json").read_text())["delta"]["dog"] != 0.37
+    config["delta"] = 0.37
+    config_path.write_text(json.dumps(config))
+    seen: dict[str, list[float]] = {"greedy_cut": [], "rollout": []}
+
+    def spy(name: str, fn):
+        def wrapped(world, indices, policy_or_delta, *args, **kwargs):
+            delta = policy_or_delta if name == "greedy_cut" else args[0]
+            seen[name].append(delta)
+            return fn(world, indices, policy_or_delta, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(evaluate.run, "greedy_cut", spy("greedy_cut", evaluate.run.greedy_cut))
+    monkeypatch.setattr(evaluate.run, "rollout", spy("rollout", evaluate.run.rollout))
+    out = tmp_path / "results"
+    args = EvalArgs(
+        classes="dog", split="trainval", max_images=8, exhaustive_windows=4, figures=0, out=str(out)
+    )
+    run(args)
+    assert seen == {"greedy_cut": [0.37], "rollout": [0.37, 0.37]}  # random agent, agent
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["delta"]["values"] == {"dog": 0.37} and saved["images"] == 8
+    md = (out / "eval.md").read_text()
+    assert "δ of every rule-based row: dog 0.37 (each agent's training δ, config.json)." in md
+    # an agent without its δ cannot be evaluated under the reward it learned
+    del config["delta"]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^{config_path} is missing or holds no delta .*: it is written by training; "
+        rf"retrain the agent of {config_path.parent}$",
+    ):
+        run(args)
+
+
+@slow
 def test_eval_without_agent_names_the_command(tiny_pipeline: dict) -> None:
-    with pytest.raises(CheckpointError, match="make train CLASS=cat"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"^no trained agent at .*animals/cat/agent\.zip: train one with "
+        r"`make train CLASS=cat`$",
+    ):
         run(EvalArgs(classes="cat", out=str(tiny_pipeline["base"] / "r2")))
 
 
+def test_eval_without_any_agent_names_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_animals: Path
+) -> None:
+    monkeypatch.setenv("CUTBG_RUNS", str(tmp_path / "runs"))
+    with pytest.raises(
+        CheckpointError,
+        match=r"^no trained agent for any class of '.*cluttered-animals' in .*runs/cluttered-animals: "
+        r"train one with `make train CLASS=dog DATASET=.*cluttered-animals`$",
+    ):
+        run(EvalArgs(dataset=str(tiny_animals), out=str(tmp_path / "r")))
+
+
+@slow
 def test_eval_cli_error_is_one_line(tiny_pipeline: dict, capsys: pytest.CaptureFixture) -> None:
     assert eval_main(["--classes", "aeroplane"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: 'aeroplane' is not a class") and "Traceback" not in err
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown class 'aeroplane' for ")
+    assert "valid classes: bear, bird, cat" in lines[0] and "DATASET=voc2007" in lines[0]
 
 
-def test_eval_refinement_rule_is_checked(capsys: pytest.CaptureFixture) -> None:
+def test_eval_has_no_refinement_option(capsys: pytest.CaptureFixture) -> None:
+    """The refinement setting is always pooled over the agents' tables: the flag is gone."""
     with pytest.raises(SystemExit) as exit_info:
-        eval_main(["--refinement", "best"])
+        eval_main(["--refinement", "own"])
     assert exit_info.value.code == 2
-    assert "--refinement: invalid choice: 'best' (choose from 'pooled', 'own')" in (
-        capsys.readouterr().err
-    )
+    assert "--refinement" in capsys.readouterr().err
+    assert not hasattr(EvalArgs(), "refinement") and EvalArgs().ensemble is False
 
 
-def test_returns_compares_agent_and_random(
-    tiny_pipeline: dict, capsys: pytest.CaptureFixture
-) -> None:
-    from evaluate.returns import main as returns_main
-
-    assert returns_main(["--class", "dog", "--split", "trainval"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("dog (6 trainval images)")
-    agent, random = out[1].split(), out[2].split()
-    assert agent[0] == "agent" and random[:2] == ["random", "agent"]
-    assert 0.0 <= float(agent[-1]) <= 1.0 and 0.0 <= float(random[-1]) <= 1.0
-
-
-def test_returns_without_agent_names_the_command(
-    tiny_pipeline: dict, capsys: pytest.CaptureFixture
-) -> None:
-    from evaluate.returns import main as returns_main
-
-    assert returns_main(["--class", "cat"]) == 2
-    assert "make train CLASS=cat" in capsys.readouterr().err
-
-
-def _fake_model(q: list[float], keys: tuple[str, ...] = ("features", "history", "score")):
-    """An object with the parts of an SB3 DQN that the ensemble code reads: fixed Q-values."""
-    from types import SimpleNamespace
-
-    import torch
-    from gymnasium import spaces
-
-    space = spaces.Dict({k: spaces.Box(0, 1, (1,)) for k in keys})
-    return SimpleNamespace(
-        observation_space=space,
-        policy=SimpleNamespace(obs_to_tensor=lambda obs: (obs, True)),
-        q_net=lambda obs: torch.tensor([q] * len(obs["history"])),
-    )
-
-
+# -- ensembles ---------------------------------------------------------------------------------
 def test_ensemble_acts_on_the_mean_q_values() -> None:
-    import numpy as np
-
-    from evaluate.rollout import ensemble_policy
-
-    a, b = _fake_model([3.0, 0.0, 2.5]), _fake_model([0.0, 3.0, 2.5])
+    a, b = fake_q_model([3.0, 0.0, 2.5]), fake_q_model([0.0, 3.0, 2.5])
     obs = {"history": np.zeros((2, 4, 13), np.float32)}
     assert ensemble_policy([a])(obs).tolist() == [0, 0]
     assert ensemble_policy([b])(obs).tolist() == [1, 1]
@@ -124,63 +192,127 @@ def test_ensemble_acts_on_the_mean_q_values() -> None:
 
 
 def test_ensemble_members_must_share_observations() -> None:
-    from evaluate.rollout import ensemble_options
+    scored, plain = fake_q_model([0.0]), fake_q_model([0.0], ("features", "history"))
+    assert observation_options(scored) == {"observe_score": True}
+    assert observation_options(plain) == {"observe_score": False}
+    assert ensemble_options([scored, scored], ["a.zip", "b.zip"]) == {"observe_score": True}
+    with pytest.raises(
+        OptionError,
+        match=r"^b\.zip was trained with observations \{'observe_score': False\}, a\.zip with "
+        r"\{'observe_score': True\}: an ensemble's members must share them \(retrain the "
+        r"member with the same flags\)$",
+    ):
+        ensemble_options([scored, plain], ["a.zip", "b.zip"])
 
-    plain, mass = _fake_model([0.0]), _fake_model([0.0], ("features", "history", "cut_mass"))
-    opts = ensemble_options([plain, plain], ["a.zip", "b.zip"])
-    assert opts == {"observe_score": True, "observe_cut_mass": False}
-    with pytest.raises(OptionError, match=r"^b\.zip was trained with observations .* a\.zip with"):
-        ensemble_options([plain, mass], ["a.zip", "b.zip"])
 
-
-def test_ensemble_agents_lists_the_agent_then_members_by_seed(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from train.agent import ensemble_agents
-
+def test_trained_seeds_and_their_agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUTBG_RUNS", str(tmp_path))
     dog = tmp_path / "animals" / "dog"
-    with pytest.raises(CheckpointError, match="make train CLASS=dog"):
-        ensemble_agents("animals", "dog")
-    for folder in (dog, *(dog / "ensemble" / s for s in ("seed_10", "seed_2", "seed_x"))):
+    assert trained_seeds("animals", "dog") == []
+    with pytest.raises(
+        CheckpointError,
+        match=r"^no trained agent at .*dog/agent\.zip: train one with `make train CLASS=dog`$",
+    ):
+        trained_agent("animals", "dog")
+    seeds = dog / "seeds"
+    for folder in (seeds / "seed_10", seeds / "seed_2", seeds / "seed_x", seeds / "seed_0"):
         folder.mkdir(parents=True)
         (folder / "agent.zip").write_bytes(b"")
-    (dog / "ensemble" / "seed_3").mkdir()  # a member still training: no agent.zip yet
-    found = ensemble_agents("animals", "dog")
-    assert [p.relative_to(dog).as_posix() for p in found] == [
-        "agent.zip",
-        "ensemble/seed_2/agent.zip",
-        "ensemble/seed_10/agent.zip",
+    (seeds / "seed_3").mkdir()  # a seed still training: no agent.zip yet
+    assert trained_seeds("animals", "dog") == [2, 10]  # seed 0 is the class folder itself
+    (dog / "agent.zip").write_bytes(b"")
+    assert trained_seeds("animals", "dog") == [0, 2, 10]
+    assert trained_agent("animals", "dog") == dog / "agent.zip"
+    assert trained_agent("animals", "dog", seed=10) == seeds / "seed_10" / "agent.zip"
+    assert trained_agent("animals", "cat", dog / "agent.zip") == dog / "agent.zip"
+    with pytest.raises(
+        CheckpointError,
+        match=r"^no trained agent at .*dog/seeds/seed_3/agent\.zip: train one with "
+        r"`make train CLASS=dog SEED=3`$",
+    ):
+        trained_agent("animals", "dog", seed=3)
+
+
+def test_trained_delta_reads_the_run_config(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"delta": 0.125, "args": {}}))
+    assert trained_delta(tmp_path / "agent.zip") == 0.125
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(
+        CheckpointError, match=r"config\.json is missing or holds no delta \(JSONDecodeError"
+    ):
+        trained_delta(tmp_path / "agent.zip")
+    with pytest.raises(CheckpointError, match=r"holds no delta \(FileNotFoundError"):
+        trained_delta(tmp_path / "elsewhere" / "agent.zip")
+
+
+def test_ensemble_rows_need_two_seeds_of_every_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from evaluate.run import ensemble_members
+
+    monkeypatch.setenv("CUTBG_RUNS", str(tmp_path))
+    for folder in ("dog", "dog/seeds/seed_1", "cat", "voc2007/cat"):
+        top = "" if folder.startswith("voc2007") else "animals"
+        (tmp_path / top / folder).mkdir(parents=True)
+        (tmp_path / top / folder / "agent.zip").write_bytes(b"")
+    members = ensemble_members("animals", ["dog"])
+    assert [p.relative_to(tmp_path).as_posix() for p in members["dog"]] == [
+        "animals/dog/agent.zip",
+        "animals/dog/seeds/seed_1/agent.zip",
     ]
+    for classes in (["cat"], ["dog", "cat"]):
+        with pytest.raises(
+            CheckpointError,
+            match=r"^--ensemble: cat has 1 trained seed\(s\) in .*animals/cat; an ensemble needs "
+            r"two or more: train them with `make seeds CLASS=cat SEEDS=10`$",
+        ):
+            ensemble_members("animals", classes)
+    with pytest.raises(CheckpointError, match=r"`make seeds CLASS=cat SEEDS=10 DATASET=voc2007`$"):
+        ensemble_members("voc2007", ["cat"])
 
 
-def test_eval_adds_ensemble_rows_when_members_exist(tiny_pipeline: dict) -> None:
-    import shutil
+@slow
+def test_ensemble_flag_without_members_is_one_line(
+    tiny_pipeline: dict, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["--classes", "dog", "--split", "trainval", "--ensemble", "--out", "unused"]
+    assert eval_main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: --ensemble: dog has 1 trained seed(s) in ")
+    assert lines[0].endswith("train them with `make seeds CLASS=dog SEEDS=10`")
+    assert not (tiny_pipeline["base"] / "unused").exists()
 
-    agent = tiny_pipeline["agent"]
-    member = agent.parent / "ensemble" / "seed_1"
+
+@slow
+def test_eval_adds_ensemble_rows_with_the_flag(own_runs: Path, tmp_path: Path) -> None:
+    from evaluate.run import ENSEMBLE_METHODS
+
+    agent = own_runs / "dog" / "agent.zip"
+    member = own_runs / "dog" / "seeds" / "seed_1"
     member.mkdir(parents=True)
     shutil.copy(agent, member / "agent.zip")  # a copy: the mean Q is the agent's own
-    try:
-        out = tiny_pipeline["base"] / "results_ens"
-        common = dict(classes="dog", split="trainval", exhaustive_windows=10, figures=0)
-        saved = run(EvalArgs(**common, out=str(out)))
-        plain = run(EvalArgs(**common, out=str(out / "off"), ensemble=False))
-        world = CutWorld("animals", "trainval", "dog")
-        res = evaluate_class(
-            EvalArgs(**common),
-            world,
-            "dog",
-            list(range(len(world.data))),
-            out,
-            ("mid", "peak", 0.5),
-            [agent, member / "agent.zip"],
-        )
-    finally:
-        shutil.rmtree(agent.parent / "ensemble")
+    shutil.copy(own_runs / "dog" / "config.json", member / "config.json")
+    out = tmp_path / "results"
+    common = dict(classes="dog", split="trainval", max_images=8, exhaustive_windows=4, figures=0)
+    saved = run(EvalArgs(**common, out=str(out), ensemble=True))
+    plain = run(EvalArgs(**common, out=str(out / "off")))  # members on disk, no flag: no rows
+    world = CutWorld("animals", "trainval", "dog")
+    res = evaluate_class(
+        EvalArgs(**common),
+        world,
+        "dog",
+        list(range(8)),
+        out,
+        ("mid", "peak", 0.5),
+        agent,
+        [agent, member / "agent.zip"],
+    )
+    assert set(res) == set(METHODS) | set(ENSEMBLE_METHODS)
     assert res["agent_ensemble"]["boxes"] == res["agent"]["boxes"]
     assert res["agent_ensemble_refined"]["boxes"] == res["agent_refined"]["boxes"]
-    listed = [(tiny_pipeline["base"] / p).resolve() for p in saved["ensemble"]["dog"]]
+    assert res["agent_ensemble"]["calls"] == res["agent"]["calls"]
+    listed = [Path(p).resolve() for p in saved["ensemble"]["dog"]]
     assert listed == [agent.resolve(), (member / "agent.zip").resolve()]
     for m in ("agent", "agent_refined"):
         ens = saved[m.replace("agent", "agent_ensemble")]
@@ -188,25 +320,58 @@ def test_eval_adds_ensemble_rows_when_members_exist(tiny_pipeline: dict) -> None
             assert ens[key] == saved[m][key]
     md = (out / "eval.md").read_text()
     assert "| agent_ensemble_refined |" in md and "each class's agents (dog 2)" in md
-    assert "agent_ensemble" not in plain and "ensemble" not in plain
+    assert not set(ENSEMBLE_METHODS) & set(plain) and "ensemble" not in plain
     assert json.loads((out / "off" / "eval.json").read_text()).keys() == plain.keys()
 
 
-def test_ensemble_rows_need_members_for_every_class(
-    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
-    from evaluate.run import ensemble_members
+@slow
+def test_eval_over_seeds(own_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--seeds 2``: each seed's agent rows, their mean, std and CI; the rows without an agent
+    computed once (both seeds were trained at the same δ). Seed 1 is a copy of seed 0 here, so
+    every row is the same for both: std 0, the interval collapsed on the mean."""
+    import evaluate.run
 
-    monkeypatch.setenv("CUTBG_RUNS", str(tmp_path))
-    for folder in ("dog", "dog/ensemble/seed_1", "cat"):
-        (tmp_path / "animals" / folder).mkdir(parents=True)
-        (tmp_path / "animals" / folder / "agent.zip").write_bytes(b"")
-    assert ensemble_members(EvalArgs(), ["dog", "cat"]) == {}
-    assert (
-        "no agent_ensemble rows: cat has no ensemble member (`make train-ensemble CLASS=cat`)"
-        in (capsys.readouterr().err)
-    )
-    assert len(ensemble_members(EvalArgs(), ["dog"])["dog"]) == 2
-    assert ensemble_members(EvalArgs(ensemble=False), ["dog"]) == {}
-    assert ensemble_members(EvalArgs(), ["cat"]) == {}  # no member anywhere: nothing to say
-    assert capsys.readouterr().err == ""
+    common = dict(classes="dog", split="trainval", max_images=8, exhaustive_windows=4, figures=0)
+    with pytest.raises(
+        CheckpointError,
+        match=r"^no trained agent at .*dog/seeds/seed_1/agent\.zip: train one with "
+        r"`make train CLASS=dog SEED=1`$",
+    ):
+        run(EvalArgs(**common, seeds=2, out=str(tmp_path / "none")))
+    with pytest.raises(
+        OptionError, match=r"^--seeds 0: evaluate at least one seed \(1, 2, \.\.\.\)$"
+    ):
+        run(EvalArgs(**common, seeds=0, out=str(tmp_path / "none")))
+    seed_1 = own_runs / "dog" / "seeds" / "seed_1"
+    seed_1.mkdir(parents=True)
+    for name in ("agent.zip", "config.json", "refinement.json"):
+        shutil.copy(own_runs / "dog" / name, seed_1 / name)
+    calls: list[float] = []
+
+    def greedy(world, indices, delta, *a, **k):
+        calls.append(delta)
+        return greedy_cut(world, indices, delta, *a, **k)
+
+    monkeypatch.setattr(evaluate.run, "greedy_cut", greedy)
+    out = tmp_path / "results"
+    result = run(EvalArgs(**common, seeds=2, out=str(out)))
+    assert len(calls) == 1  # greedy_cut ran once for both seeds
+    assert result["seeds"]["seeds"] == [0, 1]
+    assert result["seeds"]["delta"] == [result["delta"]["values"]] * 2
+    assert [Path(p).parent.name for p in result["seeds"]["agents"]["dog"]] == ["dog", "seed_1"]
+    for m in METHODS:
+        over = result[m]["over_seeds"]
+        assert over["per_seed_map"] == [result[m]["map"]] * 2
+        for key in ("map", "corloc"):
+            mean = result[m]["map" if key == "map" else "mean_corloc"]
+            assert over[key] == {
+                "mean": pytest.approx(mean),
+                "std": 0.0,
+                "ci_low": pytest.approx(mean),
+                "ci_high": pytest.approx(mean),
+                "runs": 2,
+            }
+    md = (out / "eval.md").read_text()
+    assert md.startswith("# Localization on animals / trainval (8 images), 2 seeds\n")
+    assert "| agent | 2 |" in md and "Heat-map and δ lines: seed 0's" in md
+    assert json.loads((out / "eval.json").read_text())["seeds"] == result["seeds"]

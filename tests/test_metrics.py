@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluate.metrics import average_precision, corloc, plot_pr_curve, precision_recall
+from cutbg_env.metrics import (
+    average_precision,
+    corloc,
+    corloc_hit,
+    plot_pr_curve,
+    precision_recall,
+    seed_summary,
+)
 
 BOX = (1, 1, 10, 10)  # a 10×10 object, area 100 with the +1 widths
 FAR = (50, 50, 60, 60)  # overlaps nothing
@@ -133,7 +140,7 @@ def test_iou_boundary_strict_for_ap_inclusive_for_corloc() -> None:
 
 
 def test_nan_score_is_rejected() -> None:
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="detection scores must be finite; got NaN or inf"):
         average_precision([("a", float("nan"), BOX)], GT3)
 
 
@@ -156,6 +163,20 @@ def test_corloc_hand_case() -> None:
     assert corloc(boxes, gt) == pytest.approx(100 * 2 / 4)
 
 
+def test_corloc_hit_is_corlocs_test_for_one_image() -> None:
+    assert corloc_hit((1, 1, 10, 5), [BOX])  # IoU 0.5 exactly: a hit (>=)
+    assert not corloc_hit((1, 1, 10, 4), [BOX])  # IoU 0.4
+    assert corloc_hit((1, 1, 10, 4), [FAR, (1, 1, 10, 4)])  # any of the boxes
+    assert not corloc_hit(BOX, [])  # no ground truth: never a hit
+    assert corloc_hit((1, 1, 10, 4), [BOX], iou_threshold=0.4)
+    # the same verdicts as corloc's, image by image
+    gt = {"a": [(BOX, False)], "b": [(BOX, False)], "c": [(FAR, False), (BOX, False)]}
+    boxes = {"a": (1, 1, 10, 5), "b": (1, 1, 10, 4), "c": BOX}
+    hits = [corloc_hit(boxes[i], [b for b, _ in gt[i]]) for i in gt]
+    assert hits == [True, False, True]
+    assert corloc(boxes, gt) == pytest.approx(100 * sum(hits) / 3)
+
+
 def test_corloc_no_positive_image_gives_0() -> None:
     assert corloc({"a": BOX}, {"a": [(BOX, True)]}) == 0.0
 
@@ -171,7 +192,7 @@ def test_plot_pr_curve_writes_png_atomically(tmp_path) -> None:
 
 
 def test_classification_ap_hand_case() -> None:
-    from evaluate.metrics import classification_ap
+    from cutbg_env.metrics import classification_ap
 
     # ranking by score: pos, neg, pos, (masked pos), neg -> precision 1, 1/2, 2/3 at recall .5, .5, 1
     scores = [0.9, 0.8, 0.7, 0.65, 0.6]
@@ -181,3 +202,44 @@ def test_classification_ap_hand_case() -> None:
     assert classification_ap(scores, labels, mask) == pytest.approx(100 * (0.5 + 1 / 3))
     assert classification_ap(scores, [0, 0, 0, 0, 0]) == 0.0
     assert classification_ap([0.1, 0.9], [0, 1]) == pytest.approx(100.0)
+
+
+def test_seed_summary_hand_case() -> None:
+    """2 seeds × 2 classes: aggregate means 1.5 and 3.5 (std √2). Resampling the seeds within
+    each class, the aggregate is 1.5 with probability 1/16 > 2.5 %, 3.5 likewise: the 95 %
+    interval is [1.5, 3.5]."""
+    summary = seed_summary([[1.0, 2.0], [3.0, 4.0]])
+    assert summary == {
+        "mean": 2.5,
+        "std": pytest.approx(2**0.5),
+        "ci_low": 1.5,
+        "ci_high": 3.5,
+        "runs": 2,
+    }
+    assert seed_summary([[1.0, 2.0], [3.0, 4.0]], reps=500, seed=3) == seed_summary(
+        [[1.0, 2.0], [3.0, 4.0]], reps=500, seed=3
+    )  # seeded
+
+
+def test_seed_summary_of_one_run_and_of_equal_runs() -> None:
+    assert seed_summary([0.5]) == {
+        "mean": 0.5,
+        "std": 0.0,
+        "ci_low": 0.5,
+        "ci_high": 0.5,
+        "runs": 1,
+    }
+    same = seed_summary([[40.0, 60.0]] * 3)
+    assert (same["mean"], same["std"], same["ci_low"], same["ci_high"]) == (50.0, 0.0, 50.0, 50.0)
+    assert same["runs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("scores", "shape"), [([[float("nan")]], r"\(1, 1\)"), ([[]], r"\(1, 0\)")]
+)
+def test_seed_summary_rejects_bad_scores(scores: list, shape: str) -> None:
+    with pytest.raises(
+        ValueError,
+        match=rf"^seed_summary: need finite scores of shape \(runs, tasks\); got {shape}$",
+    ):
+        seed_summary(scores)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from cutbg_env.errors import CutbgError
-from evaluate.refine import HeatmapError, channel_sum, heatmap_box, refine
+from cutbg_env.refine import HeatmapError, channel_sum, heatmap_box, refine
 
 # 4 rows × 5 columns; the peak 10 is at row 2, column 2 (0-based), i.e. cell box (3, 3, 3, 3).
 MAP45 = np.array(
@@ -109,7 +111,10 @@ def test_tied_maxima_take_first_in_row_major_order() -> None:
 def test_non_finite_map_is_rejected(bad: float, word: str) -> None:
     hmap = MAP45.copy()
     hmap[0, 0] = bad
-    with pytest.raises(HeatmapError, match=word):
+    with pytest.raises(
+        HeatmapError,
+        match=rf"^heat-map holds {word} values; check the features it was summed from$",
+    ):
         heatmap_box(hmap, 0.5)
 
 
@@ -119,13 +124,19 @@ def test_heatmap_error_is_value_and_cutbg_error() -> None:
 
 @pytest.mark.parametrize("shape", [(0, 5), (5,), (1, 4, 5)])
 def test_bad_shape_is_rejected(shape: tuple) -> None:
-    with pytest.raises(HeatmapError, match="2-D"):
+    with pytest.raises(
+        HeatmapError,
+        match=rf"^heat-map must be a non-empty 2-D \(h, w\) array; got {re.escape(str(shape))}$",
+    ):
         heatmap_box(np.ones(shape), 0.5)
 
 
 @pytest.mark.parametrize("threshold", [-0.1, 1.5])
 def test_bad_threshold_is_rejected(threshold: float) -> None:
-    with pytest.raises(HeatmapError, match="threshold"):
+    with pytest.raises(
+        HeatmapError,
+        match=rf"^threshold must be in \[0, 1\] \(a fraction of the peak\); got {threshold}$",
+    ):
         heatmap_box(MAP45, threshold)
 
 
@@ -142,8 +153,13 @@ def test_upsample_option() -> None:
     assert heatmap_box(hmap, 0.2, image_size=(4, 4), upsample=True) == (2, 2, 4, 4)
     # Without upsampling only the peak cell survives, scaled to pixels 3..4.
     assert heatmap_box(hmap, 0.2, image_size=(4, 4)) == (3, 3, 4, 4)
-    with pytest.raises(HeatmapError, match="image_size"):
+    with pytest.raises(HeatmapError, match=r"^upsample=True needs image_size=\(width, height\)$"):
         heatmap_box(hmap, 0.2, upsample=True)
+    with pytest.raises(
+        HeatmapError,
+        match=r"^image_size must be positive integers \(width, height\); got \(0, 4\)$",
+    ):
+        heatmap_box(hmap, 0.2, image_size=(0, 4))
 
 
 def test_accepts_torch_tensor() -> None:
@@ -169,13 +185,34 @@ def test_channel_sum_torch_and_numpy() -> None:
     expected = np.arange(12).reshape(3, 4) * 2 + 12.0  # x + (x + 12)
     np.testing.assert_array_equal(channel_sum(feats), expected)
     np.testing.assert_array_equal(channel_sum(feats.numpy()), expected)
-    assert channel_sum(feats).shape == (3, 4)
+    assert channel_sum(feats).shape == (3, 4) and channel_sum(feats).dtype == np.float64
 
 
-@pytest.mark.parametrize("shape", [(3, 4), (0, 3, 4), (1, 2, 3, 4)])
-def test_channel_sum_rejects_bad_shape(shape: tuple) -> None:
-    with pytest.raises(HeatmapError, match=r"\(C, h, w\)"):
+def test_channel_sum_of_a_batch_sums_each_item_alone() -> None:
+    batch = torch.arange(48, dtype=torch.float32).reshape(2, 2, 3, 4)  # (N, C, h, w)
+    # item 0 is the (2, 3, 4) map above; item 1 adds 24 to each of its two channels
+    first = np.arange(12).reshape(3, 4) * 2 + 12.0
+    expected = np.stack([first, first + 48.0])
+    np.testing.assert_array_equal(channel_sum(batch), expected)
+    np.testing.assert_array_equal(channel_sum(batch.numpy()), expected)
+    np.testing.assert_array_equal(channel_sum(batch[1:]), expected[1:])  # N = 1 keeps its axis
+
+
+@pytest.mark.parametrize(
+    ("shape", "got"),
+    [
+        ((3, 4), r"\(3, 4\)"),
+        ((0, 3, 4), r"\(0, 3, 4\)"),
+        ((2, 0, 3, 4), r"\(2, 0, 3, 4\)"),
+        ((1, 1, 2, 3, 4), r"\(1, 1, 2, 3, 4\)"),
+    ],
+)
+def test_channel_sum_rejects_bad_shape(shape: tuple, got: str) -> None:
+    message = r"features must have shape \(C, h, w\) or \(N, C, h, w\) with C >= 1; got "
+    with pytest.raises(HeatmapError, match=message + got):
         channel_sum(np.zeros(shape))
+    with pytest.raises(HeatmapError, match=message + got):
+        channel_sum(torch.zeros(shape))
 
 
 def test_pipeline_channel_sum_then_box_then_refine() -> None:

@@ -1,4 +1,4 @@
-"""Training pipeline: tiny end-to-end run, save/reload, resume, calibration rule, bad input."""
+"""Training pipeline: tiny end-to-end run, save/reload, resume, calibration, CLI and bad input."""
 
 from __future__ import annotations
 
@@ -11,47 +11,87 @@ import numpy as np
 import pytest
 from stable_baselines3 import DQN
 
-from cutbg_env.errors import CheckpointError, DataError, OptionError
-from train.__main__ import main as train_main
-from train.agent import (
+from cutbg_env.calibration import validation_images, validation_subset, validation_truth
+from cutbg_env.cli import StageArgs
+from cutbg_env.dqn import CutDQN, DQNArgs
+from cutbg_env.errors import CheckpointError, DataError
+from cutbg_env.refine import (
     REFINEMENT_FILE,
-    AgentArgs,
-    DoubleDQN,
-    EpochClock,
-    EpsilonSchedule,
-    LrSchedule,
-    fit_agent,
-    make_vec_env,
-)
-from train.calibrate import (
+    THRESHOLDS,
     best_setting,
-    delta_from_drops,
     parse_setting,
     pooled_setting,
+    refinement_scores,
     setting_key,
-    validation_subset,
 )
+from train.__main__ import main as train_main
+from train.agent import AgentArgs, fit_agent, make_vec_env
+from train.calibrate import DELTAS, CalibrateArgs, calibrate, delta_from_drops
+from train.schedules import EpochClock, EpsilonSchedule, LrSchedule, last_checkpoint
+
+slow = pytest.mark.slow
 
 
+# -- the tiny pipeline's outputs ---------------------------------------------------------------
+@slow
 def test_classifier_checkpoint_and_results(tiny_pipeline: dict) -> None:
     from cutbg_env.backbone import load_classifier
 
     model, meta = load_classifier(tiny_pipeline["classifier"])
-    assert model.classes[4] == "dog"
+    assert model.classes == (
+        "bear",
+        "bird",
+        "cat",
+        "cow",
+        "dog",
+        "elephant",
+        "giraffe",
+        "horse",
+        "sheep",
+        "zebra",
+    )
     assert meta["steps"] > 0 and set(meta["test_ap"]) == set(model.classes)
+    assert meta["args"]["lr"] is None  # the default, resolved to 2e-3 inside
+    assert meta["args"]["checkpoint"] is None and "out" not in meta["args"]
     res = json.loads((tiny_pipeline["base"] / "results" / "classifier.json").read_text())
-    assert 0 <= res["map"] <= 100 and set(res["ap"]) == set(model.classes)
+    assert res["ap"] == pytest.approx(meta["test_ap"])  # the same numbers in both places
+    assert res["map"] == pytest.approx(float(np.mean(list(meta["test_ap"].values()))))
+    assert res["steps"] == meta["steps"] and Path(res["checkpoint"]).name == "classifier.pt"
 
 
+@slow
 def test_classifier_skips_same_config(tiny_pipeline: dict, capsys: pytest.CaptureFixture) -> None:
     from train.classifier import ClassifierArgs, train_classifier
 
     before = tiny_pipeline["classifier"].stat().st_mtime_ns
-    train_classifier(ClassifierArgs(minutes=0.05, batch_size=8))
+    path = train_classifier(ClassifierArgs(minutes=0.05, batch_size=8))
+    assert path == tiny_pipeline["classifier"]
     assert tiny_pipeline["classifier"].stat().st_mtime_ns == before
-    assert "skipping" in capsys.readouterr().err
+    assert "exists for this config: skipping (use --force to retrain)" in capsys.readouterr().err
 
 
+@slow
+def test_agent_run_folder_records_the_run(tiny_pipeline: dict) -> None:
+    """config.json holds the resolved arguments, the δ, the images, and the run's length; one
+    checkpoint per epoch; the final zip is the trained model."""
+    run_dir = tiny_pipeline["agent"].parent
+    config = json.loads((run_dir / "config.json").read_text())
+    resolved = tiny_pipeline["args"].resolved()
+    assert config["args"] == dataclasses.asdict(resolved)
+    assert config["args"]["epochs"] == 12 and config["args"]["decay_epochs"] == 8
+    assert config["delta"] == tiny_pipeline["calibration"]["delta"]["dog"]
+    assert config["images"] == 6  # the tiny trainval split's dogs
+    assert config["timesteps"] == tiny_pipeline["model"].num_timesteps
+    # training stops after the step that completes epoch 12 (2 envs: up to 2 episodes a step)
+    assert 12.0 <= config["epochs"] < 12.0 + 2 / 6
+    names = sorted(p.name for p in (run_dir / "checkpoints").glob("epoch_*.zip"))
+    assert names == ["epoch_012.zip"]  # only the newest epoch is kept: all resume needs
+    ckpt, state = last_checkpoint(run_dir)
+    assert ckpt.name == "epoch_012.zip" and state["epoch"] == 12
+    assert 72 <= state["episodes"] <= 73 and (run_dir / "tb").is_dir()
+
+
+@slow
 def test_agent_saved_and_reloaded_gives_same_greedy_actions(tiny_pipeline: dict) -> None:
     model: DQN = tiny_pipeline["model"]
     reloaded = DQN.load(tiny_pipeline["agent"])
@@ -64,36 +104,54 @@ def test_agent_saved_and_reloaded_gives_same_greedy_actions(tiny_pipeline: dict)
         a2, _ = reloaded.predict(obs, deterministic=True)
         np.testing.assert_array_equal(a1, a2)
         obs, *_ = venv.step(rng.integers(0, 13, size=venv.num_envs))
-    config = json.loads((tiny_pipeline["agent"].parent / "config.json").read_text())
-    assert config["timesteps"] >= 200  # "a few hundred steps"
-    assert (tiny_pipeline["agent"].parent / "tb").is_dir()
 
 
-def test_resume_continues_the_step_count(tiny_pipeline: dict) -> None:
-    run_dir = tiny_pipeline["agent"].parent
-    state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
-    args = dataclasses.replace(tiny_pipeline["args"], epochs=state["epoch"] + 2, resume=True)
-    model, _ = fit_agent(args)
-    after = json.loads((run_dir / "checkpoints" / "state.json").read_text())
-    assert after["epoch"] >= state["epoch"] + 1
-    assert model.num_timesteps > state["timesteps"]
-    assert after["timesteps"] > state["timesteps"]
+@slow
+def test_resume_continues_the_step_count(
+    tiny_pipeline: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Its own run folder: one epoch, then ``--resume`` to three, from epoch 1's checkpoint."""
+    base = dataclasses.replace(tiny_pipeline["args"], out=str(tmp_path / "run"), epochs=1)
+    first, _ = fit_agent(base)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    state = json.loads((ckpt_dir / "state.json").read_text())
+    assert state["epoch"] == 1 and state["timesteps"] <= first.num_timesteps
+    assert sorted(p.name for p in ckpt_dir.glob("epoch_*.zip")) == ["epoch_001.zip"]
+    capsys.readouterr()
+    model, _ = fit_agent(dataclasses.replace(base, epochs=3, resume=True))
+    err = capsys.readouterr().err
+    # picked up where epoch 1 ended, from its checkpoint
+    assert f"resuming {ckpt_dir / 'epoch_001.zip'} at epoch 1, {state['timesteps']} steps" in err
+    after = json.loads((ckpt_dir / "state.json").read_text())
+    assert after["epoch"] == 3 and after["episodes"] >= 18
+    assert sorted(p.name for p in ckpt_dir.glob("epoch_*.zip")) == ["epoch_003.zip"]
+    assert model.num_timesteps >= after["timesteps"] > state["timesteps"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["timesteps"] == model.num_timesteps and config["args"]["resume"] is True
 
 
+@slow
 def test_resume_without_checkpoint_says_so(tiny_pipeline: dict, tmp_path: Path) -> None:
     args = dataclasses.replace(tiny_pipeline["args"], out=str(tmp_path / "fresh"), resume=True)
-    with pytest.raises(CheckpointError, match=r"no epoch checkpoint.*without --resume"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"--resume: no epoch checkpoint in .*fresh/checkpoints; train without --resume",
+    ):
         fit_agent(args)
+    assert not (tmp_path / "fresh").exists()
 
 
+# -- calibration pieces ------------------------------------------------------------------------
 def test_calibration_rule_on_hand_made_drops() -> None:
     drops = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
     # numpy's linear quantile: position 0.8 * 4 = 3.2 -> 0.3 + 0.2 * 0.1 = 0.32
     assert delta_from_drops(drops, 0.8, 0.02, 0.5) == pytest.approx(0.32)
     assert delta_from_drops(drops, 0.5, 0.02, 0.5) == pytest.approx(0.2)
-    assert delta_from_drops(drops, 1.0, 0.02, 0.25) == pytest.approx(0.25)  # clipped high
-    assert delta_from_drops(np.array([-0.3, -0.2]), 0.8, 0.02, 0.5) == pytest.approx(0.02)
+    assert delta_from_drops(drops, 1.0, 0.02, 0.25) == 0.25  # clipped high
+    assert delta_from_drops(np.array([-0.3, -0.2]), 0.8, 0.02, 0.5) == 0.02  # clipped low
     assert delta_from_drops(np.array([]), 0.8, 0.05, 0.5) == 0.05
+    assert delta_from_drops([0.125], 0.8, 0.0, 1.0) == 0.125  # one drop: itself, any quantile
+    assert isinstance(delta_from_drops(drops, 0.8, 0.02, 0.5), float)
 
 
 def test_best_setting_prefers_score_then_smaller_delta_then_lower_threshold() -> None:
@@ -102,23 +160,160 @@ def test_best_setting_prefers_score_then_smaller_delta_then_lower_threshold() ->
         (0.1, "mid", "peak", 0.2): 0.5,
         (0.05, "senior", "peak", 0.1): 0.4,
     }
-    assert best_setting(scores) == (0.1, "mid", "peak", 0.2)
+    assert best_setting(scores) == (0.1, "mid", "peak", 0.2)  # lower threshold
     scores[(0.05, "mid", "mass", 0.4)] = 0.5
-    assert best_setting(scores) == (0.05, "mid", "mass", 0.4)
+    assert best_setting(scores) == (0.05, "mid", "mass", 0.4)  # smaller δ beats the threshold
     scores[(0.05, "mid", "peak", 0.4)] = 0.5  # same score: the paper's peak region first
     assert best_setting(scores) == (0.05, "mid", "peak", 0.4)
-    scores[(0.3, "senior", "mass", 0.1)] = 0.6
+    scores[(0.05, "senior", "peak", 0.4)] = 0.5  # same again: the mid-level layer first
+    assert best_setting(scores) == (0.05, "mid", "peak", 0.4)
+    scores[(0.3, "senior", "mass", 0.1)] = 0.6  # a higher score beats every tie-break
     assert best_setting(scores) == (0.3, "senior", "mass", 0.1)
+
+
+def test_best_setting_layer_beats_region_in_the_tie_break() -> None:
+    scores = {(0.1, "senior", "peak", 0.5): 1.0, (0.1, "mid", "mass", 0.5): 1.0}
+    assert best_setting(scores) == (0.1, "mid", "mass", 0.5)
 
 
 def test_validation_subset_is_small_and_seeded() -> None:
     a = validation_subset(2000, 0.05, 0)
-    assert len(a) == 100 and a == validation_subset(2000, 0.05, 0)
+    assert len(a) == 100 and a == validation_subset(2000, 0.05, 0) and a == sorted(a)
+    assert a[:5] == [41, 68, 72, 98, 135]  # numpy's seeded permutation, pinned
     assert a != validation_subset(2000, 0.05, 1)
-    with pytest.raises(ValueError, match=r"0\.05"):
-        validation_subset(2000, 0.2, 0)
+    assert validation_subset(40, 0.05, 0) == [11, 27]
+    assert validation_subset(24, 0.05, 0) == [18]  # the tiny dataset's one validation image
+    assert validation_subset(10, 0.05, 3) == [9]  # round(0.5) = 0: still one image
+    assert validation_subset(20, 0.01, 0) == validation_subset(20, 0.05, 0)  # both one image
+    assert set(validation_subset(40, 0.025, 7)) <= set(range(40))
+    for bad in (0.2, 0.0, -0.01):
+        with pytest.raises(
+            ValueError, match=rf"fraction={bad}: the validation subset must be 0 < f ≤ 0\.05"
+        ):
+            validation_subset(2000, bad, 0)
 
 
+def test_validation_images_and_truth_on_the_tiny_dataset(tiny_animals: Path) -> None:
+    from cutbg_env.data import VOCDataset
+
+    data = VOCDataset(tiny_animals, "trainval")
+    dog = SimpleNamespace(data=data, positives=data.positives("dog"), class_name="dog")
+    cat = SimpleNamespace(data=data, positives=data.positives("cat"), class_name="cat")
+    assert validation_images(dog) == [18]  # image 18 holds a dog and a zebra ...
+    assert validation_images(cat) == []  # ... and no cat
+    assert validation_images(dog, 0.05, 1) == [1]  # seed 1 draws image 1, a dog's too
+    assert validation_truth(dog, [18]) == {18: [(1, 124, 99, 212)]}
+
+
+def test_pooled_setting_sums_validation_hits_over_classes() -> None:
+    dog = {"mid/peak/0.5": 7, "mid/mass/0.4": 5}  # dog alone would pick peak
+    cat = {"mid/peak/0.5": 2, "mid/mass/0.4": 6}
+    assert pooled_setting([dog, cat]) == ("mid", "mass", 0.4)  # 11 hits against 9
+    assert pooled_setting([dog]) == ("mid", "peak", 0.5)
+    # ties go to the lower threshold; a setting missing from a table counts 0 there
+    assert pooled_setting([{"mid/mass/0.4": 3, "mid/mass/0.3": 3}]) == ("mid", "mass", 0.3)
+    assert pooled_setting([{"senior/peak/0.2": 4}, {"mid/mass/0.4": 3}]) == ("senior", "peak", 0.2)
+    # same hits: the mid-level layer, then the peak region
+    assert pooled_setting([{"senior/peak/0.2": 4, "mid/mass/0.2": 4}]) == ("mid", "mass", 0.2)
+    assert pooled_setting([{"mid/mass/0.2": 4, "mid/peak/0.2": 4}]) == ("mid", "peak", 0.2)
+    # keys are parsed, so "0.40" and "0.4" are one setting
+    assert pooled_setting([{"mid/mass/0.40": 2}, {"mid/mass/0.4": 2, "mid/peak/0.1": 3}]) == (
+        "mid",
+        "mass",
+        0.4,
+    )
+
+
+def test_setting_keys_round_trip_and_name_bad_keys() -> None:
+    assert setting_key(("mid", "mass", 0.4)) == "mid/mass/0.4"
+    assert parse_setting("senior/peak/0.3") == ("senior", "peak", 0.3)
+    assert all(
+        parse_setting(setting_key(("mid", "peak", t))) == ("mid", "peak", t) for t in THRESHOLDS
+    )
+    with pytest.raises(ValueError, match=r"'mid/mass': expected 'layer/region/threshold'"):
+        parse_setting("mid/mass")
+    with pytest.raises(ValueError, match=r"'mid/mass/high': expected"):
+        parse_setting("mid/mass/high")
+    with pytest.raises(ValueError, match=r"'deep/mass/0.4': layer must be one of"):
+        parse_setting("deep/mass/0.4")
+    with pytest.raises(ValueError, match="pooled_setting: no validation table to pool"):
+        pooled_setting([])
+
+
+@slow
+def test_pipeline_calibration_follows_its_rule(tiny_pipeline: dict) -> None:
+    """dog's δ is a candidate (the fixed grid or the quantile rule's value), and no candidate
+    δ gives a better refined CorLoc than the chosen one (a smaller one: not even as good)."""
+    from cutbg_env.localize import greedy_cut
+    from cutbg_env.world import CutWorld
+
+    calib = json.loads(
+        (tiny_pipeline["base"] / "runs" / "animals" / "calibration.json").read_text()
+    )
+    assert calib == tiny_pipeline["calibration"]
+    val = calib["validation"]["dog"]
+    assert val["images"] == 1  # image 18, with one dog box
+    quantile = float(np.clip(val["gt_drop_median"], 0.02, 0.5))  # one drop: its own quantile
+    candidates = sorted({*DELTAS, quantile})
+    delta = calib["delta"]["dog"]
+    assert delta in candidates
+    world = CutWorld("animals", "trainval", "dog")
+    images = validation_images(world)
+    truth = validation_truth(world, images)
+
+    def best_at(d: float) -> tuple[float, tuple]:
+        crops = {i: g.crop for i, g in zip(images, greedy_cut(world, images, d), strict=True)}
+        scores = refinement_scores(world, crops, truth)
+        top = best_setting({(0.0, *k): v for k, v in scores.items()})[1:]
+        return scores[top], top
+
+    chosen, setting = best_at(delta)
+    assert setting == (
+        calib["heatmap_layer"]["dog"],
+        calib["heatmap_region"]["dog"],
+        calib["heatmap_threshold"]["dog"],
+    )
+    assert 100 * chosen == pytest.approx(val["refined_corloc"])
+    for d in candidates:
+        other, _ = best_at(d)
+        assert other < chosen if d < delta else other <= chosen, d
+
+
+@slow
+def test_calibrate_writes_the_asked_classes_and_keeps_the_others(own_runs: Path) -> None:
+    path = own_runs / "calibration.json"
+    stored = json.loads(path.read_text())
+    stored["delta"]["cat"] = 0.42  # a class calibrated before, not asked for now
+    stored["heatmap_threshold"]["cat"] = 0.7
+    path.write_text(json.dumps(stored))
+    # a one-value range: the quantile rule and the fixed grid both give exactly 0.07
+    result = calibrate(CalibrateArgs(classes="zebra", min_delta=0.07, max_delta=0.07))
+    saved = json.loads(path.read_text())
+    assert saved == result
+    assert saved["delta"] == {"dog": stored["delta"]["dog"], "cat": 0.42, "zebra": 0.07}
+    assert saved["heatmap_threshold"]["cat"] == 0.7
+    for key in ("heatmap_layer", "heatmap_region", "heatmap_threshold", "validation"):
+        assert saved[key]["dog"] == stored[key]["dog"] and "zebra" in saved[key]
+    assert saved["heatmap_threshold"]["zebra"] in THRESHOLDS
+    assert saved["validation"]["zebra"]["images"] == 1
+    assert saved["rule"]["delta"].endswith("within [0.07, 0.07]")
+    assert saved["rule"]["subset"] == "5% of trainval, seed 0"
+    # a class without a validation image keeps its stored values (here: none)
+    again = calibrate(CalibrateArgs(classes="cat,zebra", min_delta=0.3, max_delta=0.3))
+    assert again["delta"] == {"dog": stored["delta"]["dog"], "cat": 0.42, "zebra": 0.3}
+
+
+@slow
+def test_calibrate_unknown_class_is_one_line(own_runs: Path, capsys: pytest.CaptureFixture) -> None:
+    before = (own_runs / "calibration.json").read_text()
+    assert train_main(["calibrate", "--classes", "zebra,unicorn"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown class 'unicorn' for ")
+    assert "valid classes: bear, bird, cat, cow, dog" in lines[0]
+    assert (own_runs / "calibration.json").read_text() == before  # nothing calibrated
+
+
+# -- schedules and arguments -------------------------------------------------------------------
 def test_schedules_follow_the_paper_in_epochs() -> None:
     clock = EpochClock(images=10)
     eps = EpsilonSchedule(clock, decay=10, end=0.1)
@@ -126,63 +321,99 @@ def test_schedules_follow_the_paper_in_epochs() -> None:
     assert eps(1.0) == 1.0 and lr(1.0) == pytest.approx(1e-5)
     clock.episodes = 10 * 5  # epoch 5: ε has dropped 0.1 per 10/9 epochs -> 4 steps
     assert eps(0.5) == pytest.approx(0.6)
+    assert lr(0.5) == pytest.approx(1e-5 * 0.1**0.5)  # geometric: halfway in log space
     clock.episodes = 10 * 10
     assert eps(0.0) == pytest.approx(0.1) and lr(0.0) == pytest.approx(1e-6)
     clock.episodes = 10 * 40
     assert eps(0.0) == pytest.approx(0.1) and lr(0.0) == pytest.approx(1e-6)
 
 
-def test_unknown_class_is_one_clear_error(
-    tiny_pipeline: dict, capsys: pytest.CaptureFixture
-) -> None:
-    runs = tiny_pipeline["base"] / "runs"
-    before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
-    assert train_main(["agent", "--class", "aeroplane", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "'aeroplane' is not a class of dataset 'animals'" in err
-    assert "bear, bird, cat" in err and "DATASET=voc2007" in err
-    assert "Traceback" not in err
-    assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before  # no partial files
+def test_zero_decay_epochs_means_no_decay() -> None:
+    clock = EpochClock(images=10)
+    assert EpsilonSchedule(clock, decay=0, end=0.1)(1.0) == 0.1
+    assert LrSchedule(clock, decay=0, start=1e-3, end=1e-4)(1.0) == 1e-4
 
 
-def test_voc_missing_says_where_it_goes(tiny_pipeline: dict, capsys: pytest.CaptureFixture) -> None:
-    assert train_main(["agent", "--dataset", "voc2007", "--class", "dog", "--no-progress"]) == 2
-    assert "VOCdevkit/VOC2007" in capsys.readouterr().err
-
-
-def test_missing_classifier_names_the_command(tiny_pipeline: dict, tmp_path: Path) -> None:
-    args = AgentArgs(checkpoint=str(tmp_path / "none.pt"), progress=False)
-    with pytest.raises(CheckpointError, match="make train-classifier"):
-        fit_agent(args)
-
-
-def test_voc_defaults_are_the_papers() -> None:
+def test_defaults_resolve_per_dataset() -> None:
     a = AgentArgs(dataset="voc2007").resolved()
     assert (a.epochs, a.decay_epochs, a.lr_start, a.lr_end, a.gamma) == (50, 10, 1e-5, 1e-6, 0.95)
+    assert (a.buffer_size, a.adapt_channels) == (30_000, 128)
     # replay memory at VOC defaults: 512x7x7 + 4x13 (+ 2 score) float16 values, obs and next obs
     assert a.observe_score
     per_obs = (512 * 49 + 52 + 2) * 2
     assert a.buffer_size * 2 * per_obs < 4 * 10**9
     e = AgentArgs().resolved()
+    assert (e.epochs, e.decay_epochs, e.lr_start, e.lr_end) == (30, 8, 1e-3, 1e-4)
+    assert (e.buffer_size, e.adapt_channels) == (100_000, 32)
     assert e.buffer_size * 2 * (64 * 49 + 52 + 2) * 2 < 4 * 10**9
+    assert AgentArgs(epochs=5).resolved().decay_epochs == 5  # decay never outlasts training
+    assert isinstance(AgentArgs(), StageArgs) and isinstance(AgentArgs(), DQNArgs)
 
 
-def test_data_error_is_a_value_error() -> None:
-    assert issubclass(DataError, ValueError)
+def test_zero_is_a_value_not_a_default() -> None:
+    z = AgentArgs(
+        epochs=0, decay_epochs=0, lr_start=0.0, lr_end=0.0, buffer_size=0, adapt_channels=0
+    ).resolved()
+    assert (z.epochs, z.decay_epochs, z.lr_start, z.lr_end) == (0, 0, 0.0, 0.0)
+    assert (z.buffer_size, z.adapt_channels) == (0, 0)
+    assert AgentArgs(epochs=0).resolved().decay_epochs == 0
 
 
-def test_double_dqn_target(tiny_pipeline: dict) -> None:
-    """One gradient step's loss is the Huber loss to r + γ(1−done)·Q_target(s', argmax Q(s'))."""
+def test_build_needs_resolved_arguments() -> None:
+    with pytest.raises(ValueError, match=r"DQNArgs\.build: call resolved_for\(dataset\) first"):
+        DQNArgs().build(env=None)
+
+
+def test_cli_flags_reach_the_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tyro: ``--class`` is ``class_name``, ``--epochs 0`` stays 0 through ``resolved()``,
+    booleans are ``--x/--no-x``."""
+    import train.agent
+
+    seen: list[AgentArgs] = []
+    monkeypatch.setattr(train.agent, "train_agent", seen.append)
+    argv = ["agent", "--class", "cat", "--epochs", "0", "--no-observe-score", "--lr-start", "0"]
+    assert train_main(argv) == 0
+    (args,) = seen
+    assert (args.class_name, args.epochs, args.observe_score, args.lr_start) == (
+        "cat",
+        0,
+        False,
+        0.0,
+    )
+    resolved = args.resolved()
+    assert (resolved.epochs, resolved.decay_epochs, resolved.lr_start) == (0, 0, 0.0)
+    assert resolved.lr_end == 1e-4 and resolved.buffer_size == 100_000  # the rest: defaults
+    assert train_main(["agent", "--class-name", "bear", "--seed", "3", "--heads", "2"]) == 0
+    assert (seen[1].class_name, seen[1].seed, seen[1].heads) == ("bear", 3, 2)
+
+
+def test_cli_rejects_a_bad_flag_value(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        train_main(["agent", "--epochs", "many"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--epochs" in err and "many" in err
+
+
+@slow
+def test_epochs_zero_trains_nothing_and_says_so(tiny_pipeline: dict, tmp_path: Path) -> None:
+    """``--epochs 0`` on the command line is a run of zero epochs (not the default 30): no step,
+    no epoch checkpoint, an untrained agent saved, and config.json records 0."""
+    out = tmp_path / "zero"
+    argv = ["agent", "--class", "dog", "--epochs", "0", "--n-envs", "2", "--no-progress"]
+    argv += ["--learning-starts", "64", "--buffer-size", "500", "--out", str(out)]
+    assert train_main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["args"]["epochs"] == 0 and config["args"]["decay_epochs"] == 0
+    assert config["timesteps"] == 0 and config["epochs"] == 0.0
+    assert not (out / "checkpoints").exists() and (out / "agent.zip").is_file()
+    assert DQN.load(out / "agent.zip").num_timesteps == 0
+
+
+# -- CutDQN's losses ---------------------------------------------------------------------------
+def _one_transition_batch(venv) -> tuple[SimpleNamespace, np.ndarray]:
     import torch
-    from stable_baselines3.common.logger import configure
 
-    venv = make_vec_env(tiny_pipeline["args"], "trainval")
-    model = DoubleDQN.load(tiny_pipeline["agent"], env=venv)
-    assert isinstance(model, DoubleDQN) and "score" in model.observation_space.spaces
-    model.set_logger(configure(None, []))
-    with torch.no_grad():  # make the target net disagree with the online one
-        for p in model.q_net_target.parameters():
-            p.add_(0.05 * torch.randn_like(p))
     venv.seed(1)
     obs = venv.reset()
     actions = np.array([0, 12])
@@ -196,79 +427,108 @@ def test_double_dqn_target(tiny_pipeline: dict) -> None:
         dones=torch.as_tensor(dones, dtype=torch.float32).reshape(-1, 1),
         discounts=None,
     )
+    return batch, dones
+
+
+@slow
+@pytest.mark.parametrize(("double_q", "heads"), [(True, 1), (False, 1), (True, 2)])
+def test_td_target_and_validity_loss(tiny_pipeline: dict, double_q: bool, heads: int) -> None:
+    """One gradient step's loss, head by head: the Huber loss to r + γ(1−done)·Q_target(s', a*)
+    with a* = argmax Q(s') (Double DQN) or argmax Q_target(s') (plain), each head against its
+    own target head, + the validity BCE; both averaged over the heads."""
+    import torch
+    from stable_baselines3.common.logger import configure
+
+    functional = torch.nn.functional
+    venv = make_vec_env(tiny_pipeline["args"], "trainval")
+    if heads == 1:  # the pipeline's trained agent
+        model = CutDQN.load(tiny_pipeline["agent"], env=venv)
+        assert model.double_q is True  # saved with the agent
+    else:  # a fresh network with several heads
+        model = (
+            dataclasses.replace(tiny_pipeline["args"], heads=heads).resolved().build(venv, seed=0)
+        )
+    assert isinstance(model, CutDQN) and "score" in model.observation_space.spaces
+    assert model.q_net.n_heads == model.q_net_target.n_heads == heads
+    model.double_q = double_q
+    model.set_logger(configure(None, []))
+    batch, dones = _one_transition_batch(venv)
+    with torch.no_grad():  # make every target head prefer another next action than its head
+        w_next, l_next = model.q_net.heads(batch.next_observations)
+        for k, head in enumerate(model.q_net_target.q_net):
+            online = int(model.q_net.q_values(w_next[k], l_next[k])[0].argmax())
+            other = 12 if online != 12 else 0  # STOP, else UP_1
+            head[-1].bias[other] += 100.0  # its continuation value W
+            if other == 0:
+                head[-1].bias[13] += 100.0  # UP_1's validity logit: certainly valid
     model.replay_buffer = SimpleNamespace(sample=lambda *a, **k: batch)  # type: ignore[assignment]
     with torch.no_grad():
-        online_next = model.q_net(batch.next_observations)
-        target_next = model.q_net_target(batch.next_observations)
-        current = model.q_net(batch.observations).gather(1, batch.actions)
-        best = online_next.argmax(1, keepdim=True)
-        y = batch.rewards + (1 - batch.dones) * model.gamma * target_next.gather(1, best)
-        y_plain = batch.rewards + (1 - batch.dones) * model.gamma * target_next.max(1, True)[0]
-        # + the validity head's cross-entropy on the one sampled cut (action 0)
-        _, logits = model.q_net.heads(batch.observations)
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits[0, 0], (batch.rewards[0, 0] > 0).float()
-        ).item()
-        expected = torch.nn.functional.smooth_l1_loss(current, y).item() + bce
-        plain = torch.nn.functional.smooth_l1_loss(current, y_plain).item() + bce
+        w, logits = model.q_net.heads(batch.observations)
+        assert w.shape == (heads, 2, 13) and logits.shape == (heads, 2, 12)
+        # the network acts on the mean of its heads' Q-values
+        torch.testing.assert_close(
+            model.q_net(batch.observations), model.q_net.q_values(w, logits).mean(0)
+        )
+        w_next, l_next = model.q_net.heads(batch.next_observations)
+        w_target, l_target = model.q_net_target.heads(batch.next_observations)
+        huber, bce, disagree = [], [], []
+        for k in range(heads):
+            q = model.q_net.q_values(w[k], logits[k])
+            online_next = model.q_net.q_values(w_next[k], l_next[k])
+            target_next = model.q_net_target.q_values(w_target[k], l_target[k])
+            pick = (online_next if double_q else target_next).argmax(1, keepdim=True)
+            disagree.append(bool(online_next[0].argmax() != target_next[0].argmax()))
+            y = batch.rewards + (1 - batch.dones) * model.gamma * target_next.gather(1, pick)
+            huber.append(functional.smooth_l1_loss(q.gather(1, batch.actions), y).item())
+            # the validity cross-entropy on the one sampled cut (env 0's action 0)
+            label = (batch.rewards[0, 0] > 0).float()
+            bce.append(functional.binary_cross_entropy_with_logits(logits[k, 0, 0], label).item())
+        expected = float(np.mean(huber) + np.mean(bce))
+    # the two rules pick different next actions for the transition that bootstraps
+    assert all(disagree)
     assert bool(dones[1]) and not bool(dones[0])  # STOP ends, so one target has no bootstrap
     model.train(gradient_steps=1, batch_size=2)
-    loss = model.logger.name_to_value["train/loss"]
-    assert loss == pytest.approx(expected, rel=1e-5)
-    if not torch.equal(best, target_next.argmax(1, keepdim=True)):
-        assert loss != pytest.approx(plain, rel=1e-5)
+    assert model.logger.name_to_value["train/loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_agent_chooses_its_refinement(tiny_pipeline: dict) -> None:
-    from evaluate.run import refinement_setting
+def test_heads_share_the_extractor_and_act_on_their_mean() -> None:
+    import torch
+    from gymnasium import spaces
 
-    path = tiny_pipeline["agent"].parent / REFINEMENT_FILE
-    own = json.loads(path.read_text())
-    assert own["heatmap_layer"] in ("mid", "senior")
-    assert own["heatmap_region"] in ("peak", "mass")
-    assert 0.0 < own["heatmap_threshold"] < 1.0
-    assert own["validation"]["images"] >= 1
-    assert 0.0 <= own["validation"]["agent_refined_corloc"] <= 100.0
-    hits, n = own["validation"]["hits"], own["validation"]["images"]
-    assert len(hits) == 36 and all(0 <= h <= n for h in hits.values())  # 2 layers × 2 regions × 9
-    key = setting_key((own["heatmap_layer"], own["heatmap_region"], own["heatmap_threshold"]))
-    assert hits[key] == max(hits.values())
-    assert 100 * hits[key] / n == pytest.approx(own["validation"]["agent_refined_corloc"])
-    calib = {
-        "heatmap_layer": {"dog": "senior"},
-        "heatmap_region": {"dog": "mass"},
-        "heatmap_threshold": {"dog": 0.9},
+    from cutbg_env.qnet import ValidityPolicy, policy_kwargs
+
+    box = lambda *shape: spaces.Box(0, 1, shape, np.float32)  # noqa: E731
+    space = spaces.Dict({"features": box(8, 7, 7), "history": box(4, 13)})
+
+    def policy(n_heads: int) -> ValidityPolicy:
+        kwargs = policy_kwargs(4, 1, 16)
+        return ValidityPolicy(space, spaces.Discrete(13), lambda _: 1e-3, n_heads=n_heads, **kwargs)
+
+    net = policy(3).q_net
+    assert len(net.q_net) == 3 and net.n_heads == 3
+    obs = {
+        k: torch.rand((5, *s.shape), generator=torch.Generator().manual_seed(1))
+        for k, s in space.spaces.items()
     }
-    assert refinement_setting("animals", "dog", calib) == (
-        own["heatmap_layer"],
-        own["heatmap_region"],
-        own["heatmap_threshold"],
-    )
-    # without the agent's file, the calibration's choice, then the default
-    assert refinement_setting("animals", "cat", calib) == ("mid", "peak", 0.5)
-    calib["heatmap_layer"]["cat"], calib["heatmap_threshold"]["cat"] = "senior", 0.3
-    calib["heatmap_region"]["cat"] = "mass"
-    assert refinement_setting("animals", "cat", calib) == ("senior", "mass", 0.3)
-
-
-def test_corrupt_refinement_file_names_it(tiny_pipeline: dict, tmp_path: Path) -> None:
-    from evaluate.run import refinement_setting
-
-    path = tiny_pipeline["agent"].parent / REFINEMENT_FILE
-    saved = path.read_text()
-    try:
-        path.write_text("{not json")
-        with pytest.raises(CheckpointError, match=r"refinement\.json is unreadable.*make train"):
-            refinement_setting("animals", "dog", {})
-    finally:
-        path.write_text(saved)
+    with torch.no_grad():
+        w, logits = net.heads(obs)
+        assert w.shape == (3, 5, 13) and logits.shape == (3, 5, 12)
+        per_head = torch.stack([net.q_values(w[k], logits[k]) for k in range(3)])
+        torch.testing.assert_close(net(obs), per_head.mean(0))
+        assert not torch.allclose(per_head[0], per_head[1])  # heads initialised apart
+    assert policy(3)._get_constructor_parameters()["n_heads"] == 3  # saved with the agent
+    with pytest.raises(ValueError, match=r"^n_heads=0: a Q-network needs at least one head$"):
+        policy(0)
+    args = DQNArgs(heads=2, validity_head=False).resolved_for("animals")
+    with pytest.raises(ValueError, match=r"^heads=2: several heads need the validity head$"):
+        args.build(env=None)
 
 
 def test_validity_q_values_on_hand_made_heads() -> None:
     """Q_cut = σ(ℓ)(scale + W) − (1 − σ(ℓ)) scale, Q_stop = W_stop."""
     import torch
 
-    from train.agent import ValidityQNetwork
+    from cutbg_env.qnet import ValidityQNetwork
 
     w = torch.zeros(1, 13)
     w[0, 2], w[0, 12] = 10.0, 3.0  # UP_3 continues to a state worth 10; STOP worth 3
@@ -284,25 +544,56 @@ def test_validity_q_values_on_hand_made_heads() -> None:
     np.testing.assert_allclose(q[0].numpy(), expected, rtol=1e-6)
 
 
-def test_branches_and_validity_head_train_and_reload(tiny_pipeline: dict, tmp_path: Path) -> None:
-    """The options: (1 + K) transitions stored per env step, the validity loss on top of the TD
-    loss, and an agent that reloads with plain ``DQN.load`` and acts the same."""
+def test_policy_kwargs_name_the_extractor_and_optimizer() -> None:
     import torch
-    from stable_baselines3 import DQN
+
+    from cutbg_env.qnet import CutFeatures, policy_kwargs
+
+    assert policy_kwargs(16, 3, 64) == {
+        "features_extractor_class": CutFeatures,
+        "features_extractor_kwargs": {"channels": 16, "kernel": 3},
+        "net_arch": [64],
+        "optimizer_class": torch.optim.RMSprop,
+        "normalize_images": False,
+    }
+
+
+def test_cut_features_width_and_score_input() -> None:
+    import torch
+    from gymnasium import spaces
+
+    from cutbg_env.qnet import CutFeatures
+
+    box = lambda *shape: spaces.Box(0, 1, shape, np.float32)  # noqa: E731
+    plain = spaces.Dict({"features": box(8, 7, 7), "history": box(4, 13)})
+    scored = spaces.Dict({**plain.spaces, "score": box(2)})
+    assert CutFeatures(plain, channels=4).features_dim == 4 * 49 + 52
+    ext = CutFeatures(scored, channels=4)
+    assert ext.features_dim == 4 * 49 + 52 + 2 and ext.extras == ["score"]
+    obs = {k: torch.zeros((3, *s.shape)) for k, s in scored.spaces.items()}
+    obs["score"][:, 1] = torch.tensor([0.25, 0.5, 0.75])
+    out = ext(obs)
+    assert out.shape == (3, ext.features_dim)
+    torch.testing.assert_close(out[:, -1], obs["score"][:, 1])  # the score is passed through
+    torch.testing.assert_close(out[:, -54:-2], torch.zeros(3, 52))  # an empty history
+
+
+@slow
+def test_validity_head_trains_and_reloads(tiny_pipeline: dict, tmp_path: Path) -> None:
+    """One transition stored per env step, the validity loss on top of the TD loss, and an agent
+    that reloads with plain ``DQN.load`` and acts the same."""
+    import torch
     from stable_baselines3.common.logger import configure
 
-    from train.agent import ValidityQNetwork
+    from cutbg_env.qnet import ValidityQNetwork
 
-    args = dataclasses.replace(
-        tiny_pipeline["args"], epochs=2, branches=2, validity_head=True, out=str(tmp_path / "v")
-    )
+    args = dataclasses.replace(tiny_pipeline["args"], epochs=2, out=str(tmp_path / "v"))
     model, path = fit_agent(args)
     assert isinstance(model.q_net, ValidityQNetwork)
     buffer = model.replay_buffer
     stored = (buffer.buffer_size if buffer.full else buffer.pos) * buffer.n_envs
-    # the taken action + 2 branches per transition; SB3 does not store the step on which the
-    # callback ends training
-    assert stored == 3 * (model.num_timesteps - args.n_envs)
+    # SB3 does not store the step on which the callback ends training
+    assert stored == model.num_timesteps - args.n_envs
     loaded = DQN.load(path)  # the saved agent needs no custom class at load time
     assert isinstance(loaded.q_net, ValidityQNetwork)
     obs = {k: torch.as_tensor(v[None]).float() for k, v in model.observation_space.sample().items()}
@@ -312,7 +603,7 @@ def test_branches_and_validity_head_train_and_reload(tiny_pipeline: dict, tmp_pa
     model.set_logger(configure(None, []))
     batch = buffer.sample(32)
     with torch.no_grad():
-        w, logits = model.q_net.heads(batch.observations)
+        (w,), (logits,) = model.q_net.heads(batch.observations)  # one head
         current = model.q_net.q_values(w, logits).gather(1, batch.actions.long())
         best = model.q_net(batch.next_observations).argmax(1, keepdim=True)
         nxt = model.q_net_target(batch.next_observations).gather(1, best)
@@ -329,155 +620,134 @@ def test_branches_and_validity_head_train_and_reload(tiny_pipeline: dict, tmp_pa
     assert model.logger.name_to_value["train/loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_pooled_setting_sums_validation_hits_over_classes() -> None:
-    dog = {"mid/peak/0.5": 7, "mid/mass/0.4": 5}  # dog alone would pick peak
-    cat = {"mid/peak/0.5": 2, "mid/mass/0.4": 6}
-    assert pooled_setting([dog, cat]) == ("mid", "mass", 0.4)  # 11 hits against 9
-    assert pooled_setting([dog]) == ("mid", "peak", 0.5)
-    # ties go to the lower threshold; a setting missing from a table counts 0 there
-    assert pooled_setting([{"mid/mass/0.4": 3, "mid/mass/0.3": 3}]) == ("mid", "mass", 0.3)
-    assert pooled_setting([{"senior/peak/0.2": 4}, {"mid/mass/0.4": 3}]) == ("senior", "peak", 0.2)
+# -- the agent's refinement table --------------------------------------------------------------
+@slow
+def test_agent_chooses_its_refinement(tiny_pipeline: dict) -> None:
+    """refinement.json is the refined CorLoc of the agent's own validation boxes, every
+    setting, and its best setting; evaluation pools the tables, else keeps the calibration's."""
+    from cutbg_env.refine import evaluation_settings, read_refinement
+    from cutbg_env.rollout import observation_options, rollout, sb3_policy
+    from cutbg_env.world import CutWorld
 
-
-def test_setting_keys_round_trip_and_name_bad_keys() -> None:
-    assert setting_key(("mid", "mass", 0.4)) == "mid/mass/0.4"
-    assert parse_setting("senior/peak/0.3") == ("senior", "peak", 0.3)
-    with pytest.raises(ValueError, match=r"'mid/mass': expected 'layer/region/threshold'"):
-        parse_setting("mid/mass")
-    with pytest.raises(ValueError, match=r"'mid/mass/high': expected"):
-        parse_setting("mid/mass/high")
-    with pytest.raises(ValueError, match=r"'deep/mass/0.4': layer must be one of"):
-        parse_setting("deep/mass/0.4")
-    with pytest.raises(ValueError, match="no validation table"):
-        pooled_setting([])
-
-
-def test_evaluation_pools_the_agents_refinement_or_keeps_their_own(tiny_pipeline: dict) -> None:
-    from evaluate.run import agent_settings
-
-    dog = json.loads((tiny_pipeline["agent"].parent / REFINEMENT_FILE).read_text())
-    dog_own = (dog["heatmap_layer"], dog["heatmap_region"], dog["heatmap_threshold"])
-    cat_file = tiny_pipeline["agent"].parent.parent / "cat" / REFINEMENT_FILE
-    cat = {
-        "heatmap_layer": "senior",
-        "heatmap_region": "mass",
-        "heatmap_threshold": 0.9,
-        "validation": {"images": 100, "hits": {"senior/mass/0.9": 100}},
-    }
-    cat_file.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        cat_file.write_text(json.dumps(cat))
-        pooled, how = agent_settings("animals", ["dog", "cat"], {}, "pooled")
-        # cat's 100 hits outweigh anything dog's 6 images can give
-        assert pooled == {"dog": ("senior", "mass", 0.9), "cat": ("senior", "mass", 0.9)}
-        assert how == "pooled over dog, cat"
-        own, how = agent_settings("animals", ["dog", "cat"], {}, "own")
-        assert own == {"dog": dog_own, "cat": ("senior", "mass", 0.9)}
-        assert how == "each agent's own setting"
-        del cat["validation"]["hits"]  # an agent trained before the tables: no pooling
-        cat_file.write_text(json.dumps(cat))
-        kept, how = agent_settings("animals", ["dog", "cat"], {}, "pooled")
-        assert kept == own and "no validation table for cat" in how and "CLASS=cat" in how
-        cat["validation"]["hits"] = {"mid/mass": 3}
-        cat_file.write_text(json.dumps(cat))
-        with pytest.raises(CheckpointError, match=r"cat.*refinement\.json is unreadable"):
-            agent_settings("animals", ["dog", "cat"], {}, "pooled")
-        with pytest.raises(ValueError, match=r"refinement='best': expected one of"):
-            agent_settings("animals", ["dog"], {}, "best")
-    finally:
-        cat_file.unlink(missing_ok=True)
-
-
-def test_refinement_command_rechooses_the_same_setting(
-    tiny_pipeline: dict, capsys: pytest.CaptureFixture
-) -> None:
     path = tiny_pipeline["agent"].parent / REFINEMENT_FILE
-    before = json.loads(path.read_text())
-    path.unlink()
-    try:
-        assert train_main(["refinement", "--class", "dog"]) == 0
-        # same agent, same δ (from its config.json), same validation images: the same file
-        assert json.loads(path.read_text()) == before
-    finally:
-        path.write_text(json.dumps(before))
-    assert train_main(["refinement", "--class", "cat"]) == 2
-    err = capsys.readouterr().err
-    assert "no trained agent at" in err and "make train CLASS=cat" in err
+    own = json.loads(path.read_text())
+    world = CutWorld("animals", "trainval", "dog")
+    images = validation_images(world)
+    model = tiny_pipeline["model"]
+    delta = tiny_pipeline["calibration"]["delta"]["dog"]
+    out = rollout(world, images, sb3_policy(model), delta, **observation_options(model))
+    crops = {i: loc.crop for i, (loc, _) in zip(images, out, strict=True)}
+    scores = refinement_scores(world, crops, validation_truth(world, images))
+    assert len(scores) == 36  # 2 layers × 2 regions × 9 thresholds
+    n = own["validation"]["images"]
+    assert n == len(images) == 1
+    assert own["validation"]["hits"] == {setting_key(k): round(v * n) for k, v in scores.items()}
+    best = best_setting({(0.0, *k): v for k, v in scores.items()})[1:]
+    assert (own["heatmap_layer"], own["heatmap_region"], own["heatmap_threshold"]) == best
+    assert own["validation"]["agent_refined_corloc"] == 100 * scores[best]
+    table = read_refinement(path)
+    assert table == own["validation"]["hits"]
+    calib = {
+        "heatmap_layer": {"dog": "senior", "cat": "senior"},
+        "heatmap_region": {"dog": "mass", "cat": "mass"},
+        "heatmap_threshold": {"dog": 0.9, "cat": 0.3},
+    }
+    settings, how = evaluation_settings({"dog": table, "cat": None}, calib)
+    assert settings == {"dog": best, "cat": best} and how == "pooled over dog"
+    # no table at all: each class keeps the calibration's setting, else the default
+    settings, how = evaluation_settings({"cat": None, "bear": None}, calib)
+    assert settings == {"cat": ("senior", "mass", 0.3), "bear": ("mid", "peak", 0.5)}
+    assert how == "the calibration's setting per class (no agent has a validation table)"
+    assert read_refinement(tiny_pipeline["base"] / "nowhere" / REFINEMENT_FILE) is None
 
 
-def test_average_last_saves_the_mean_of_the_last_epochs(
-    tiny_pipeline: dict, tmp_path: Path
-) -> None:
-    import torch
-    from stable_baselines3.common.save_util import load_from_zip_file
+def test_evaluation_pools_the_tables_of_every_class() -> None:
+    from cutbg_env.refine import evaluation_settings
 
-    args = dataclasses.replace(tiny_pipeline["args"], epochs=3, average_last=2, out=str(tmp_path))
-    _, path = fit_agent(args)
-    saved = load_from_zip_file(path)[1]["policy"]
-    epochs = [
-        load_from_zip_file(tmp_path / "checkpoints" / f"epoch_{e:03d}.zip")[1]["policy"]
-        for e in (2, 3)
-    ]
-    for k, v in saved.items():
-        torch.testing.assert_close(v, (epochs[0][k] + epochs[1][k]) / 2)
-    assert not torch.equal(saved["q_net.q_net.0.weight"], epochs[1]["q_net.q_net.0.weight"])
-    with pytest.raises(ValueError, match=r"average_last=4: expected 0..3"):
-        fit_agent(dataclasses.replace(args, average_last=4))
+    dog = {"mid/peak/0.5": 1, "senior/mass/0.9": 0}
+    cat = {"mid/peak/0.5": 0, "senior/mass/0.9": 100}
+    settings, how = evaluation_settings({"dog": dog, "cat": cat, "cow": None}, {})
+    assert settings == dict.fromkeys(("dog", "cat", "cow"), ("senior", "mass", 0.9))
+    assert how == "pooled over dog, cat"
 
 
-def test_cut_mass_agent_trains_and_its_rollouts_observe_it(
-    tiny_pipeline: dict, tmp_path: Path
-) -> None:
-    """``observe_cut_mass``: the Q-network reads the 12 shares, the saved agent says so, and
-    evaluation's rollouts give it the same observation the training env did."""
-    import torch
+def test_corrupt_refinement_file_names_it(tmp_path: Path) -> None:
+    from cutbg_env.refine import read_refinement
 
-    from cutbg_env.core import CutWorld
-    from evaluate.rollout import observation_options, rollout
-
-    args = dataclasses.replace(
-        tiny_pipeline["args"], epochs=1, observe_cut_mass=True, out=str(tmp_path / "m")
-    )
-    _, path = fit_agent(args)
-    loaded = DQN.load(path)
-    assert observation_options(loaded) == {"observe_score": True, "observe_cut_mass": True}
-    assert observation_options(tiny_pipeline["model"])["observe_cut_mass"] is False
-    extractor = loaded.q_net.features_extractor
-    assert extractor.extras == ["score", "cut_mass"]
-    venv = make_vec_env(args, "trainval")
-    venv.seed(3)
-    obs = venv.reset()
-    assert obs["cut_mass"].shape == (args.n_envs, 12)
-    tensors = {k: torch.as_tensor(v).float() for k, v in obs.items()}
-    with torch.no_grad():
-        width = extractor(tensors).shape[1]
-        del tensors["cut_mass"]
-        with pytest.raises(KeyError):
-            extractor(tensors)
-    assert width == extractor.features_dim
-    seen: list[set[str]] = []
-
-    def policy(batch: dict[str, np.ndarray]) -> np.ndarray:
-        seen.append(set(batch))
-        return loaded.predict(batch, deterministic=True)[0]
-
-    world: CutWorld = venv.world
-    out = rollout(world, world.positives[:3], policy, venv.delta, **observation_options(loaded))
-    assert len(out) == 3 and seen and all("cut_mass" in keys for keys in seen)
+    path = tmp_path / "dog" / REFINEMENT_FILE
+    path.parent.mkdir()
+    for text in ("{not json", '{"validation": {}}', '{"validation": {"hits": {"mid/mass": 3}}}'):
+        path.write_text(text)
+        with pytest.raises(
+            CheckpointError,
+            match=r"dog/refinement\.json is unreadable .*: delete it and retrain the agent in "
+            r"that folder",
+        ):
+            read_refinement(path)
 
 
-def test_ensemble_member_has_its_own_folder_and_seed(tiny_pipeline: dict) -> None:
-    args = dataclasses.replace(tiny_pipeline["args"], ensemble_member=True, seed=4)
-    assert args.run_dir() == tiny_pipeline["agent"].parent / "ensemble" / "seed_4"
-    same = dataclasses.replace(args, seed=tiny_pipeline["args"].seed)
-    with pytest.raises(OptionError, match=r"--ensemble-member --seed 0: the class's agent \(.*"):
-        fit_agent(same)
-
-
-def test_member_seed_clash_is_one_line_on_the_cli(
+# -- bad input ---------------------------------------------------------------------------------
+@slow
+def test_unknown_class_is_one_clear_error(
     tiny_pipeline: dict, capsys: pytest.CaptureFixture
 ) -> None:
-    assert train_main(["agent", "--class", "dog", "--ensemble-member", "--seed", "0"]) == 2
+    runs = tiny_pipeline["base"] / "runs"
+    before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
+    assert train_main(["agent", "--class", "aeroplane", "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown class 'aeroplane' for ")
+    assert "valid classes: bear, bird, cat" in lines[0]
+    assert "'aeroplane' is a PASCAL VOC class" in lines[0] and "DATASET=voc2007" in lines[0]
+    assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before  # no partial files
+
+
+@slow
+def test_nonsense_class_is_one_error_line_and_exit_2(
+    tiny_pipeline: dict, capsys: pytest.CaptureFixture
+) -> None:
+    assert train_main(["agent", "--class", "nosuchclass"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --ensemble-member --seed 0: the class's agent (")
-    assert "give the member another seed" in err and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown class 'nosuchclass' for ")
+    assert lines[0].endswith(
+        "valid classes: bear, bird, cat, cow, dog, elephant, giraffe, horse, sheep, zebra"
+    )
+    assert "PASCAL VOC" not in err and "Traceback" not in err
+
+
+@slow
+def test_voc_missing_says_where_it_goes(tiny_pipeline: dict, capsys: pytest.CaptureFixture) -> None:
+    assert train_main(["agent", "--dataset", "voc2007", "--class", "dog", "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: dataset 'voc2007' not found at ")
+    assert "VOCdevkit/VOC2007" in lines[0] and "download=True" in lines[0]
+
+
+@slow
+def test_missing_classifier_names_the_command(tiny_pipeline: dict, tmp_path: Path) -> None:
+    args = AgentArgs(checkpoint=str(tmp_path / "none.pt"), progress=False)
+    with pytest.raises(
+        CheckpointError,
+        match=r"classifier checkpoint .*none\.pt does not exist: create it with "
+        r"`make train-classifier`",
+    ):
+        fit_agent(args)
+
+
+def test_data_error_is_a_value_error() -> None:
+    assert issubclass(DataError, ValueError)
+
+
+def test_each_seed_has_its_own_run_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from cutbg_env import paths
+
+    monkeypatch.setenv("CUTBG_RUNS", str(tmp_path))
+    dog = tmp_path / "animals" / "dog"
+    assert AgentArgs().run_dir() == dog == paths.seed_dir("animals", "dog")
+    assert AgentArgs(seed=4).run_dir() == dog / "seeds" / "seed_4"
+    assert AgentArgs(seed=4, out="elsewhere").run_dir() == Path("elsewhere")
+    assert AgentArgs(dataset="voc2007", class_name="cat", seed=1).run_dir() == (
+        tmp_path / "voc2007" / "cat" / "seeds" / "seed_1"
+    )
+    with pytest.raises(ValueError, match=r"^seed=-1: seeds are 0, 1, 2, \.\.\.$"):
+        paths.seed_dir("animals", "dog", -1)

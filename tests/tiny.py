@@ -68,3 +68,115 @@ def make_registered(env_id: str, **kwargs: Any) -> gym.Env:
     import cutbg_env  # noqa: F401
 
     return gym.make(env_id, **kwargs)
+
+
+# -- a duck-typed CutWorld with scores worked out by hand ------------------------------------
+class BlockWorld:
+    """A stand-in for :class:`~cutbg_env.world.CutWorld` whose classifier is a known function.
+
+    Image ``i``'s mid-level map is ``(2, 28, 28)``: channel 0 is 1 on the grid cells of its
+    "object" ``blocks[i]`` (a crop ``(x0, y0, x1, y1)``) and 0 elsewhere, channel 1 is
+    ``extra[i]`` (zeros by default). The score of a crop is the share of the object's cells it
+    keeps (``score="kept"``, so the whole map scores 1) or the crop's IoU with the object in
+    cells (``score="iou"``). ``model.upper`` is a 4×4 average pool plus 0.25 (a bias, like a real
+    convolution's), giving ``(2, 7, 7)`` senior features. Every image is ``width × height`` pixels.
+
+    ``batches`` counts calls of :meth:`score_crops` and ``scored`` the crops they scored (the
+    whole-map scores of :meth:`full`, cached by the real world, are not counted).
+    """
+
+    def __init__(
+        self,
+        blocks: dict[int, tuple[int, int, int, int]],
+        score: str = "kept",
+        extra: dict[int, torch.Tensor] | None = None,
+        width: int = 112,
+        height: int = 56,
+    ) -> None:
+        from types import SimpleNamespace
+
+        import torch.nn.functional as F
+
+        self.blocks, self.score, self.extra = blocks, score, extra or {}
+        self.param_dtype = torch.float32
+        self.model = SimpleNamespace(upper=lambda x: F.avg_pool2d(x, 4) + 0.25)
+        ids = [f"{i:06d}" for i in range(max(blocks) + 1)]
+        self.data = SimpleNamespace(
+            ids=ids,
+            split="trainval",
+            annotation=lambda i: SimpleNamespace(image_id=ids[i], width=width, height=height),
+        )
+        self.class_name = "block"
+        self.positives = sorted(blocks)
+        self.batches = self.scored = 0
+
+    def mid_maps(self, indices) -> torch.Tensor:
+        maps = torch.zeros((len(indices), 2, 28, 28))
+        for k, i in enumerate(indices):
+            x0, y0, x1, y1 = self.blocks[i]
+            maps[k, 0, y0:y1, x0:x1] = 1.0
+            if i in self.extra:
+                maps[k, 1] = self.extra[i]
+        return maps
+
+    def score_crops(self, mids: torch.Tensor, crops) -> tuple:
+        self.batches += 1
+        self.scored += len(crops)
+        return self._score(mids, crops)
+
+    def _score(self, mids: torch.Tensor, crops) -> tuple:
+        import numpy as np
+
+        crops = np.asarray(crops).reshape(-1, 4)
+        scores = np.zeros(len(crops))
+        for k, (x0, y0, x1, y1) in enumerate(crops.tolist()):
+            obj = mids[k, 0].double()
+            kept = float(obj[y0:y1, x0:x1].sum())
+            if self.score == "kept":
+                scores[k] = kept / float(obj.sum())
+            else:
+                scores[k] = kept / ((x1 - x0) * (y1 - y0) + float(obj.sum()) - kept)
+        return np.zeros((len(crops), 1, 7, 7), np.float32), scores
+
+    def full(self, indices) -> tuple[list, list[float]]:
+        from cutbg_env.geometry import FULL_CROP
+
+        feats, scores = self._score(self.mid_maps(indices), [FULL_CROP] * len(indices))
+        return list(feats), [float(s) for s in scores]
+
+
+def fake_q_model(q, keys: tuple[str, ...] = ("features", "history", "score")):
+    """The parts of an SB3 DQN that rollouts and ensembles read: ``observation_space`` with
+    ``keys``, a pass-through ``policy.obs_to_tensor`` and a ``q_net`` giving Q-values: the list
+    ``q`` for every observation, or ``q(obs)`` when it is callable."""
+    from types import SimpleNamespace
+
+    from gymnasium import spaces
+
+    space = spaces.Dict({k: spaces.Box(0, 1, (1,)) for k in keys})
+    net = q if callable(q) else (lambda obs: torch.tensor([list(q)] * len(obs["history"])))
+    return SimpleNamespace(
+        observation_space=space,
+        policy=SimpleNamespace(obs_to_tensor=lambda obs: (obs, True)),
+        q_net=net,
+    )
+
+
+def assert_env_transitions(actions, rewards, next_history, eta: float = 3.0, mask=None) -> int:
+    """Assert that transitions an RL library recorded are the env's: the reward's magnitude is
+    the cut's scale (1, 2 or 3 cells) or η for STOP, and the next observation's newest history
+    row is the one-hot of the action taken. Arrays are flattened over steps (and envs);
+    ``mask`` selects the transitions to check. Returns how many were checked."""
+    import numpy as np
+
+    from cutbg_env.actions import Action
+
+    actions = np.asarray(actions).reshape(-1).astype(int)
+    rewards = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    newest = np.asarray(next_history).reshape(len(actions), -1, 13)[:, 0]
+    keep = np.ones(len(actions), bool) if mask is None else np.asarray(mask).reshape(-1)
+    for a, r, h in zip(actions[keep], rewards[keep], newest[keep], strict=True):
+        magnitude = eta if a == Action.STOP else Action(a).scale
+        assert abs(r) == magnitude, (Action(a), r)
+        assert h.tolist() == [float(k == a) for k in range(13)], (Action(a), h)
+    return int(keep.sum())
