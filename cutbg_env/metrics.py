@@ -274,7 +274,7 @@ def seed_summary(
         ``get_interval_estimates`` computes it.
     """
     x = np.asarray(scores, dtype=np.float64)
-    x = x.reshape(len(x), -1)
+    x = x.reshape(len(x), -1) if x.size else x.reshape(0, 0)
     if x.size == 0 or not np.all(np.isfinite(x)):
         raise ValueError(f"seed_summary: need finite scores of shape (runs, tasks); got {x.shape}")
     runs = x.shape[0]

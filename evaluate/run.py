@@ -123,8 +123,10 @@ def ensemble_members(dataset: str, classes: Sequence[str]) -> dict[str, list[Pat
     lacking = [c for c, m in members.items() if len(m) < 2]
     if lacking:
         raise CheckpointError(
-            f"--ensemble: {', '.join(lacking)} has {len(members[lacking[0]])} trained seed(s) in "
-            f"{paths.agent_dir(dataset, lacking[0])}; an ensemble needs two or more: train them "
+            f"--ensemble: {lacking[0]} has {len(members[lacking[0]])} trained seed(s) in "
+            f"{paths.agent_dir(dataset, lacking[0])} (an ensemble needs two or more"
+            + (f"; so do {', '.join(lacking[1:])}" if lacking[1:] else "")
+            + "): train them "
             f"with `{paths.make_command('seeds', dataset, CLASS=lacking[0], SEEDS=10)}`"
         )
     return members

@@ -263,10 +263,17 @@ def test_ensemble_rows_need_two_seeds_of_every_class(
     for classes in (["cat"], ["dog", "cat"]):
         with pytest.raises(
             CheckpointError,
-            match=r"^--ensemble: cat has 1 trained seed\(s\) in .*animals/cat; an ensemble needs "
-            r"two or more: train them with `make seeds CLASS=cat SEEDS=10`$",
+            match=r"^--ensemble: cat has 1 trained seed\(s\) in .*animals/cat \(an ensemble needs "
+            r"two or more\): train them with `make seeds CLASS=cat SEEDS=10`$",
         ):
             ensemble_members("animals", classes)
+    (tmp_path / "animals" / "dog" / "seeds" / "seed_1" / "agent.zip").unlink()
+    with pytest.raises(
+        CheckpointError,
+        match=r"^--ensemble: dog has 1 trained seed\(s\) in .*animals/dog \(an ensemble needs "
+        r"two or more; so do cat\): train them with `make seeds CLASS=dog SEEDS=10`$",
+    ):
+        ensemble_members("animals", ["dog", "cat"])
     with pytest.raises(CheckpointError, match=r"`make seeds CLASS=cat SEEDS=10 DATASET=voc2007`$"):
         ensemble_members("voc2007", ["cat"])
 

@@ -235,7 +235,8 @@ def test_seed_summary_of_one_run_and_of_equal_runs() -> None:
 
 
 @pytest.mark.parametrize(
-    ("scores", "shape"), [([[float("nan")]], r"\(1, 1\)"), ([[]], r"\(1, 0\)")]
+    ("scores", "shape"),
+    [([[float("nan")]], r"\(1, 1\)"), ([[]], r"\(0, 0\)"), ([], r"\(0, 0\)")],
 )
 def test_seed_summary_rejects_bad_scores(scores: list, shape: str) -> None:
     with pytest.raises(
