@@ -44,11 +44,7 @@ from cutbg_env.geometry import FULL_CROP, crop_to_box
 from cutbg_env.io import log, relpath, write_json, write_text
 from cutbg_env.localize import exhaustive, exhaustive_windows, greedy_cut
 from cutbg_env.metrics import (
-    average_precision,
-    corloc,
     plot_pr_curve,
-    precision_recall,
-    seed_summary,
 )
 from cutbg_env.refine import (
     REFINEMENT_FILE,
@@ -72,18 +68,15 @@ from cutbg_env.rollout import (
 from cutbg_env.runs import trained_agent, trained_delta, trained_seeds
 from cutbg_env.world import CutWorld
 from evaluate.figures import write_figure
-
-METHODS = (
-    "full_image",
-    "heatmap",
-    "random_agent",
-    "agent",
-    "agent_refined",
-    "exhaustive",
-    "greedy_cut",
+from evaluate.tables import (
+    ENSEMBLE_METHODS,
+    METHODS,
+    markdown_table,
+    over_seeds,
+    score_boxes,
+    seed_rows,
 )
-ENSEMBLE_METHODS = ("agent_ensemble", "agent_ensemble_refined")
-"""Rows added with ``--ensemble`` (see :func:`ensemble_members`)."""
+
 AGENT_FREE = ("full_image", "heatmap", "exhaustive", "greedy_cut")
 """Rows that do not depend on the agent (only on δ and the heat-map setting)."""
 
@@ -232,47 +225,6 @@ def evaluate_class(
     return res
 
 
-def _scores(res: dict[str, dict], data, cls: str, indices: list[int]) -> dict[str, dict]:
-    """AP (VOC and VOC07), CorLoc, calls and seconds per image of each method's boxes."""
-    gt = {i: data.gt_boxes(i, cls) for i in indices}
-    gt_pos = {i: g for i, g in gt.items() if g}
-    out = {}
-    for m, r in res.items():
-        dets = [(i, float(r["scores"][i]), r["boxes"][i]) for i in indices]
-        out[m] = {
-            "ap": average_precision(dets, gt),
-            "ap07": average_precision(dets, gt, use_07_metric=True),
-            "corloc": corloc(r["boxes"], gt_pos),
-            "calls": r["calls"],
-            "seconds": r["seconds"],
-            "pr": precision_recall(dets, gt),
-        }
-    return out
-
-
-def _rows(per_class: dict[str, dict[str, dict]], methods: Sequence[str]) -> dict[str, dict]:
-    """One seed's rows: per method, AP / CorLoc per class and their means over classes."""
-    rows = {}
-    for m in methods:
-        cells = {c: per_class[c][m] for c in per_class if m in per_class[c]}
-        if not cells:
-            continue
-        ap = {c: v["ap"] for c, v in cells.items()}
-        ap07 = {c: v["ap07"] for c, v in cells.items()}
-        cl = {c: v["corloc"] for c, v in cells.items()}
-        rows[m] = {
-            "ap": ap,
-            "ap07": ap07,
-            "map": float(np.mean(list(ap.values()))),
-            "map07": float(np.mean(list(ap07.values()))),
-            "corloc": cl,
-            "mean_corloc": float(np.mean(list(cl.values()))),
-            "calls_per_image": float(np.mean([v["calls"] for v in cells.values()])),
-            "seconds_per_image": float(np.mean([v["seconds"] for v in cells.values()])),
-        }
-    return rows
-
-
 def run(args: EvalArgs) -> dict:
     """Evaluate and write ``results/eval.json``, ``eval.md``, PR curves and figures."""
     if args.seeds < 1:
@@ -336,13 +288,13 @@ def run(args: EvalArgs) -> dict:
                 ensembles.get(cls, ()) if n == 0 else (),
                 caches[cls],
             )
-            per_class[cls] = _scores(res, data, cls, indices)
+            per_class[cls] = score_boxes(res, data, cls, indices)
             for m, v in per_class[cls].items():
                 if n == 0:
                     plot_pr_curve(
                         *v["pr"], out / "pr" / f"{cls}_{m}.png", f"{cls} / {m}: AP {v['ap']:.1f}"
                     )
-        per_seed.append(_rows(per_class, methods))
+        per_seed.append(seed_rows(per_class, methods))
         settings_of.append({c: setting_key(settings[c]) for c in classes})
         how_of.append(how)
         deltas_of.append({c: trained_delta(agents[c, n]) for c in classes})
@@ -369,105 +321,10 @@ def run(args: EvalArgs) -> dict:
             "delta": deltas_of,
             "agents": {c: [relpath(agents[c, n]) for n in seeds] for c in classes},
         }
-        result |= _over_seeds(per_seed, methods, classes)
+        result |= over_seeds(per_seed, methods, classes)
     write_json(out / "eval.json", result)
     md = markdown_table(result)
     write_text(out / "eval.md", md)
     print(md)
     log(f"results -> {relpath(out / 'eval.json')}, {relpath(out / 'eval.md')}")
     return result
-
-
-def _over_seeds(
-    per_seed: list[dict[str, dict]], methods: Sequence[str], classes: Sequence[str]
-) -> dict[str, dict]:
-    """Per method, the seed-0 row plus ``over_seeds``: :func:`~cutbg_env.metrics.seed_summary`
-    of mAP and mean CorLoc over the seeds that have the row (seeds × classes, stratified by
-    class), and the per-seed values."""
-    out = {}
-    for m in methods:
-        rows = [r[m] for r in per_seed if m in r]
-        if not rows:
-            continue
-        out[m] = dict(rows[0])
-        out[m]["over_seeds"] = {
-            "map": seed_summary([[r["ap"][c] for c in classes] for r in rows]),
-            "corloc": seed_summary([[r["corloc"][c] for c in classes] for r in rows]),
-            "per_seed_map": [r["map"] for r in rows],
-            "per_seed_corloc": [r["mean_corloc"] for r in rows],
-            "calls_per_image": float(np.mean([r["calls_per_image"] for r in rows])),
-        }
-    return out
-
-
-def seeds_table(result: dict) -> list[str]:
-    """The rows over seeds: mean ± standard deviation [95 % CI] of mAP and CorLoc."""
-    n = len(result["seeds"]["seeds"])
-    lines = [
-        f"# Localization on {result['dataset']} / {result['split']} ({result['images']} images), "
-        f"{n} seeds",
-        "",
-        "| method | seeds | mAP mean ± std | mAP 95 % CI | CorLoc mean ± std | CorLoc 95 % CI | "
-        "calls / image | CorLoc per seed |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for m in (m for m in METHODS + ENSEMBLE_METHODS if m in result):
-        o = result[m]["over_seeds"]
-        a, c = o["map"], o["corloc"]
-        lines.append(
-            f"| {m} | {a['runs']} | {a['mean']:.1f} ± {a['std']:.1f} | "
-            f"{a['ci_low']:.1f}–{a['ci_high']:.1f} | {c['mean']:.1f} ± {c['std']:.1f} | "
-            f"{c['ci_low']:.1f}–{c['ci_high']:.1f} | {o['calls_per_image']:.1f} | "
-            + " / ".join(f"{v:.1f}" for v in o["per_seed_corloc"])
-            + " |"
-        )
-    return lines
-
-
-def markdown_table(result: dict) -> str:
-    """The table a person reads (like the paper's Tables 2–5); over seeds with ``--seeds``."""
-    classes = result["classes"]
-    if "seeds" in result:
-        return "\n".join([*seeds_table(result), *_notes(result)]) + "\n"
-    lines = [
-        f"# Localization on {result['dataset']} / {result['split']} ({result['images']} images)",
-        "",
-        "| method | mAP | mAP (VOC07 11-pt) | mean CorLoc | calls / image | ms / image | "
-        + " | ".join(f"AP {c}" for c in classes)
-        + " |",
-        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(classes),
-    ]
-    for m in (m for m in METHODS + ENSEMBLE_METHODS if m in result):
-        r = result[m]
-        lines.append(
-            f"| {m} | {r['map']:.1f} | {r['map07']:.1f} | {r['mean_corloc']:.1f} | "
-            f"{r['calls_per_image']:.1f} | {1000 * r['seconds_per_image']:.1f} | "
-            + " | ".join(f"{r['ap'][c]:.1f}" for c in classes)
-            + " |"
-        )
-    return "\n".join(lines + _notes(result)) + "\n"
-
-
-def _notes(result: dict) -> list[str]:
-    """The lines under the table: heat-map setting, δ, ensemble sizes."""
-    lines: list[str] = []
-    ref = result.get("refinement")
-    if ref:
-        chosen = ", ".join(f"{c} {k}" for c, k in ref["settings"].items())
-        lines += [
-            "",
-            f"Heat-map (layer/region/threshold) of heatmap and the refined rows: {chosen} "
-            f"({ref['rule']}).",
-        ]
-    if "delta" in result:
-        chosen = ", ".join(f"{c} {d:g}" for c, d in result["delta"]["values"].items())
-        lines += [
-            "",
-            f"δ of every rule-based row: {chosen} (each agent's training δ, config.json).",
-        ]
-    if "ensemble" in result:
-        sizes = ", ".join(f"{c} {len(z)}" for c, z in result["ensemble"].items())
-        lines += ["", f"agent_ensemble: mean Q-values of each class's agents ({sizes})."]
-    if "seeds" in result:
-        lines += ["", "Heat-map and δ lines: seed 0's; eval.json has every seed's."]
-    return lines
