@@ -8,7 +8,6 @@ the single env, the batched vector env and evaluation rollouts all step through 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,8 +19,6 @@ from cutbg_env.world import CutWorld
 
 HISTORY = 4
 """Past actions kept in the observation."""
-FEATURE_HIGH = float(np.finfo(np.float16).max)
-"""Upper bound of the observation's features (finite, and representable in float16)."""
 
 
 def stack_obs(obs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -101,13 +98,6 @@ class Episode:
         self.calls = 1
         self.steps = 0
         self.done = False
-
-    def clone(self) -> Episode:
-        """An independent copy (for trying another action from the same state)."""
-        twin = copy.copy(self)
-        twin.history = self.history.copy()
-        twin.trail = list(self.trail)
-        return twin
 
     def plan(self, action: Action) -> Crop | None:
         """The crop this action asks to score, or ``None`` (stop, or a cut that removes nothing)."""
