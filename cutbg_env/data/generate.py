@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import cv2
@@ -118,7 +120,9 @@ def generate(
     """Write the dataset of ``config`` to ``root`` atomically and return ``root``.
 
     The dataset is built in ``root.parent / ".<name>.tmp-<pid>"`` and renamed into place. When
-    ``root`` already holds the same ``generator.json`` nothing is done.
+    ``root`` already holds the same ``generator.json`` nothing is done. Writers take a lock
+    (``root.parent / ".<name>.lock"``) first: a second process asking for the same dataset
+    meanwhile waits for the first, then finds it whole and writes nothing.
 
     Args:
         config: generator parameters.
@@ -130,9 +134,63 @@ def generate(
     Raises:
         DataError: ``root`` exists with other content, or the source cannot be loaded.
     """
-    root = Path(root)
-    if _matches(root, config):
+    return _generate(config, Path(root), overwrite, progress)
+
+
+def _generate(
+    config: GeneratorConfig,
+    root: Path,
+    overwrite: bool,
+    progress: bool,
+    announce: bool = False,
+    when: Callable[[], bool] | None = None,
+) -> Path:
+    """:func:`generate`; with ``announce`` the writer says on stderr what it writes. ``when``
+    (checked again under the lock) says whether ``root`` still needs writing."""
+    needed = when or (lambda: not _matches(root, config))
+    if not needed():
         return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _writer_lock(root):
+        if not needed():  # another process wrote it while this one waited
+            return root
+        if announce:
+            print(
+                f"generating the cluttered-animals dataset in {root} "
+                f"({config.n_trainval}+{config.n_test} images, once)...",
+                file=sys.stderr,
+                flush=True,
+            )
+        _generate_locked(config, root, overwrite, progress)
+    return root
+
+
+@contextmanager
+def _writer_lock(root: Path) -> Iterator[None]:
+    """Hold the dataset's writer lock, saying so on stderr when another process holds it."""
+    from filelock import FileLock, Timeout
+
+    path = root.parent / f".{root.name}.lock"
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(
+            f"waiting for another process that is writing {root} ...", file=sys.stderr, flush=True
+        )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+        # Leave no file behind. A process that took the lock on the unlinked file meanwhile
+        # finds the dataset whole; if this one failed, two writers may follow, which the
+        # atomic rename in _generate_locked still keeps apart.
+        with suppress(OSError):
+            path.unlink()
+
+
+def _generate_locked(config: GeneratorConfig, root: Path, overwrite: bool, progress: bool) -> None:
     if root.exists():
         if not (root / "generator.json").is_file():
             raise DataError(
@@ -145,7 +203,6 @@ def generate(
                 "--force (overwrite=True), or choose another --root"
             )
     shapes = load_source(config.source)
-    root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -163,7 +220,6 @@ def generate(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return root
 
 
 def ensure_generated(root: str | Path, config: GeneratorConfig | None = None) -> Path:
@@ -171,21 +227,17 @@ def ensure_generated(root: str | Path, config: GeneratorConfig | None = None) ->
 
     A dataset already at ``root`` with the current :data:`FORMAT_VERSION` is used as it is, even
     if another config made it (e.g. a custom ``make data``); one from an older format is rebuilt.
+    Two processes asking at once: one writes (with a progress bar), the other waits for it.
     """
     config = config or GeneratorConfig()
     root = Path(root)
     meta = root / "generator.json"
-    if meta.is_file():
+
+    def needed() -> bool:
         try:
-            version = json.loads(meta.read_text()).get("format_version")
+            return json.loads(meta.read_text()).get("format_version") != FORMAT_VERSION
         except (OSError, ValueError, AttributeError):
-            version = None
-        if version == FORMAT_VERSION:
-            return root
-    print(
-        f"generating cluttered-animals dataset in {root} "
-        f"({config.n_trainval}+{config.n_test} images)...",
-        file=sys.stderr,
-        flush=True,
-    )
-    return generate(config, root, overwrite=meta.is_file(), progress=True)
+            return True
+
+    overwrite = meta.is_file()
+    return _generate(config, root, overwrite, progress=True, announce=True, when=needed)
