@@ -13,6 +13,7 @@ from cutbg_env.actions import N_ACTIONS, Action
 from cutbg_env.calibration import resolve_delta
 from cutbg_env.episode import HISTORY, Episode, ImageSampler, new_episode, step_episodes
 from cutbg_env.geometry import Crop, crop_to_box
+from cutbg_env.threads import configure_threads
 from cutbg_env.world import FEATURE_HIGH, CutWorld
 
 
@@ -95,16 +96,21 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     ```
 
     * ``dataset``/``root``/``split``/``class_name``/``checkpoint``/``device``/``max_images``: see
-      :class:`cutbg_env.world.CutWorld`. ``checkpoint=None`` reads ``runs/<dataset>/classifier.pt``
-      and says which command creates it when it is missing.
+      :class:`cutbg_env.world.CutWorld`. ``checkpoint=None`` reads ``runs/<dataset>/classifier.pt``,
+      else on ``"animals"`` the classifier shipped with the package; on other datasets a missing
+      file raises an error saying which command creates it.
     * ``delta``: the score-drop threshold δ; ``None`` reads the calibrated per-class value from
-      ``runs/<dataset>/calibration.json`` (``python -m train calibrate``), else 0.1.
+      ``runs/<dataset>/calibration.json`` (``python -m train calibrate``), else, with the shipped
+      classifier, the shipped calibration's (:mod:`cutbg_env.shipped`), else 0.1.
     * ``eta``: η, the absolute reward of the stop action.
     * ``terminate_on_drop``: end the episode on a cut whose drop exceeds δ.
     * ``obs_dtype``: ``"float32"`` (default) or ``"float16"`` for the features and history.
     * ``observe_score``: add the ``"score"`` observation (default ``False``: the paper's state).
     * ``render_mode``: ``"rgb_array"`` draws the image with each cut (green), the current crop
       (blue) and the class's ground-truth boxes (red), like the paper's Fig. 3.
+    * ``num_threads``: torch's CPU threads (process-wide); ``None`` = one thread when the env is
+      built in a worker process (``AsyncVectorEnv``, ``SubprocVecEnv``: fork-safe and no
+      oversubscription, see :mod:`cutbg_env.threads`), torch's setting otherwise.
 
     ``info`` after reset and every step: ``crop``/``box`` (grid cells / VOC pixel box of the
     current crop), ``last_valid_crop``/``last_valid_box`` (the last crop whose drop was ≤ δ),
@@ -134,15 +140,20 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         observe_score: bool = False,
         max_images: int | None = None,
         render_mode: str | None = None,
+        num_threads: int | None = None,
         world: CutWorld | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r}: supported modes are ['rgb_array']")
+        self.num_threads = configure_threads(num_threads)
+        """Torch's CPU threads after this env was built (see :mod:`cutbg_env.threads`)."""
         self.world = world or CutWorld(
             dataset, split, class_name, checkpoint, root, device, max_images=max_images
         )
         self.world.require_positives()
-        self.delta = resolve_delta(self.world.dataset_name, class_name, delta)
+        self.delta = resolve_delta(
+            self.world.dataset_name, class_name, delta, getattr(self.world, "shipped", False)
+        )
         self.eta = float(eta)
         self.terminate_on_drop = terminate_on_drop
         self.render_mode = render_mode
@@ -178,6 +189,13 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         return self._episode.obs(self.obs_dtype), self._episode.info()
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        ep = self.live_episode()
+        ((reward, terminated),) = step_episodes(self.world, [ep], [parse_action(action)])
+        return ep.obs(self.obs_dtype), reward, terminated, False, ep.info()
+
+    def live_episode(self) -> Episode:
+        """The current episode, which the next step acts on; ``RuntimeError`` before the first
+        reset and after the episode ended (the batched vector env steps it too)."""
         ep = self._episode
         if ep is None:
             raise RuntimeError("CutBackgroundEnv.step() called before reset(): call reset() first")
@@ -185,8 +203,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
             raise RuntimeError(
                 "CutBackgroundEnv.step() called after the episode ended: call reset() first"
             )
-        ((reward, terminated),) = step_episodes(self.world, [ep], [parse_action(action)])
-        return ep.obs(self.obs_dtype), reward, terminated, False, ep.info()
+        return ep
 
     def episode_at(self, index: int) -> Episode:
         """A new episode on dataset image ``index`` with this env's rules and observations (the
@@ -205,9 +222,16 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         if self.render_mode is None:
             gym.logger.warn("render() called without render_mode; pass render_mode='rgb_array'")
             return None
+        if self._episode is None:
+            raise RuntimeError("CutBackgroundEnv.render() called before reset()")
+        return self.draw()
+
+    def draw(self) -> np.ndarray | None:
+        """The current episode drawn as :meth:`render` draws it, whatever ``render_mode`` is;
+        ``None`` before the first reset."""
         ep = self._episode
         if ep is None:
-            raise RuntimeError("CutBackgroundEnv.render() called before reset()")
+            return None
         return draw_crops(
             self.world.data.load_image(ep.index),
             ep.trail,

@@ -38,7 +38,7 @@ from cutbg_env.errors import CheckpointError, DataError, UnknownClassError
 from cutbg_env.geometry import FULL_CROP, crop_to_box
 from cutbg_env.world import CutWorld
 
-ALL_IDS = (*cutbg_env.ENV_IDS, "cutbg_env:CutBackground-v0")
+ALL_IDS = (cutbg_env.ENV_IDS[0], "cutbg_env:CutBackground-v0")  # the paper's state
 INFO_KEYS = {
     "crop",
     "box",
