@@ -315,7 +315,9 @@ def test_bad_input(env_kwargs: dict, world: CutWorld) -> None:
     venv.reset(seed=0)
     with pytest.raises(ValueError, match=r"expected 2 actions \(one per env\), got \(3,\)"):
         venv.step(np.array([0, 0, 0]))
-    with pytest.raises(ValueError, match=r"invalid action \S*13\S*: expected an integer in 0\.\.12"):
+    with pytest.raises(
+        ValueError, match=r"invalid action \S*13\S*: expected an integer in 0\.\.12"
+    ):
         venv.step(np.array([0, 13]))
     venv.close()
     assert venv.closed
