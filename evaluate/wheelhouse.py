@@ -371,15 +371,20 @@ def build(
 
 def install(pyproject: str | Path, folder: str | Path, target: str | Path) -> Plan:
     """Install what this interpreter lacks from the wheelhouse ``folder`` into ``target``;
-    print the plan. Raises :class:`WheelhouseError` listing every unmet requirement."""
+    print the plan. Raises :class:`WheelhouseError` listing every unmet requirement (a missing
+    ``folder`` is one only when something is lacking)."""
     requirements = project_requirements(pyproject)
     target = Path(target)
     search = [str(target), *sys.path]
-    todo = plan(requirements, installed(search), wheelhouse(folder))
+    have_folder = Path(folder).is_dir()
+    todo = plan(requirements, installed(search), wheelhouse(folder) if have_folder else {})
     if todo.problems:
-        raise WheelhouseError(
-            "unmet requirements: " + "; ".join(todo.problems) + f" (wheelhouse {folder})"
+        where = (
+            f"wheelhouse {folder}"
+            if have_folder
+            else f"no wheelhouse at {folder}: build it with `make wheelhouse` and carry it"
         )
+        raise WheelhouseError(f"unmet requirements: {'; '.join(todo.problems)} ({where})")
     for name, dist in todo.present.items():
         print(f"present  {name:<22} {dist}")
     if todo.install:

@@ -16,23 +16,29 @@
 # Settings (environment; the Makefile passes its GPU_CHECK_* variables):
 #   GPU_CHECK_DEVICE   cuda (default) or cpu
 #   GPU_CHECK_SIZE     full (default on cuda: 2,000/500 images, 256 envs, 300 eval images) or
-#                      tiny (default on cpu: 40/12 generated images, 4 envs, 2 eval images)
+#                      tiny (default on cpu: 40/12 generated images, 4 envs, 1 eval image)
 #   GPU_CHECK_PYTHON   interpreter (default: .venv/bin/python when it runs, else python3)
-#   GPU_CHECK_BUDGET   seconds for all steps (default 480 full, 900 tiny)
+#   GPU_CHECK_BUDGET   seconds for all steps (default 480 full, 1200 tiny)
 #   GPU_CHECK_STEPS    the steps to run (default: all of them, in the order above)
 #   GPU_CHECK_BACKBONE full (default) or small: the classifier the train/eval steps use
 #   GPU_CHECK_ARCHIVE  also write results/bench.json and results/gpu-check/ to this .tar.gz
 #   WHEELHOUSE         wheelhouse folder (default .wheelhouse; `make wheelhouse` builds it)
-# `bash scripts/gpu_check.sh --print-recipes` prints the commands run for the make targets when
-# there is no `make` (they are the Makefile's recipes; a test keeps them equal).
+# `bash scripts/gpu_check.sh --print-make` prints the make calls of bench, train and eval;
+# `--print-recipes` what runs instead where there is no make (a test keeps them equal).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 if [ "$DEVICE" = cpu ]; then SIZE=${GPU_CHECK_SIZE:-tiny}; else SIZE=${GPU_CHECK_SIZE:-full}; fi
 case "$SIZE" in
-full) BUDGET_DEFAULT=480 N_ENVS=256 EVAL_IMAGES=300 WINDOWS=2025 FIGURES=2 AGREE="--images 16 --crops 8" ;;
-tiny) BUDGET_DEFAULT=900 N_ENVS=4 EVAL_IMAGES=2 WINDOWS=20 FIGURES=1 AGREE="--images 2 --crops 4" ;;
+full) # the GPU: limits in seconds per step, 480 s in all
+	BUDGET_DEFAULT=480 N_ENVS=256 EVAL_IMAGES=300 WINDOWS=2025 FIGURES=2 AGREE="--images 16 --crops 8"
+	BENCH_S=200 TRAIN_S=180 EVAL_S=150
+	;;
+tiny) # the 2-core CPU, full-width VGG-16 in float32 (bf16 on this CPU is 5x slower)
+	BUDGET_DEFAULT=1200 N_ENVS=4 EVAL_IMAGES=1 WINDOWS=20 FIGURES=1 AGREE="--images 1 --crops 2"
+	BENCH_S=420 TRAIN_S=240 EVAL_S=400
+	;;
 *)
 	echo "error: GPU_CHECK_SIZE=$SIZE: use full or tiny" >&2
 	exit 2
@@ -50,6 +56,16 @@ elif [ -x .venv/bin/python ] && .venv/bin/python -c "" 2>/dev/null; then
 else
 	PYTHON=python3
 fi
+ALL_STEPS="deps machine data bench classifier agreement train eval"
+for s in $STEPS; do
+	case " $ALL_STEPS " in
+	*" $s "*) ;;
+	*)
+		echo "error: GPU_CHECK_STEPS: unknown step '$s' (the steps: $ALL_STEPS)" >&2
+		exit 2
+		;;
+	esac
+done
 DIR=results/gpu-check
 WORK=.gpu-check # scratch: the installed wheels, the tiny dataset, the runs (a 0.5 GiB classifier)
 EVAL_ARGS="--classes dog --max-images $EVAL_IMAGES --exhaustive-windows $WINDOWS --figures $FIGURES --out $DIR/eval"
@@ -62,10 +78,6 @@ recipe() {
 	eval) echo "$PYTHON -m evaluate --dataset animals --device $DEVICE $EVAL_ARGS" ;;
 	esac
 }
-if [ "${1:-}" = --print-recipes ]; then
-	for t in bench train eval; do recipe $t; done
-	exit 0
-fi
 
 # CMD=(make TARGET with the check's settings); the stamp keeps make from (re)installing a venv
 make_cmd() {
@@ -82,6 +94,21 @@ make_cmd() {
 	esac
 }
 
+case "${1:-}" in
+--print-recipes)
+	for t in bench train eval; do recipe $t; done
+	exit 0
+	;;
+--print-make)
+	for t in bench train eval; do
+		make_cmd "$t"
+		printf '%q ' "${CMD[@]}"
+		echo
+	done
+	exit 0
+	;;
+esac
+
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 export CUTBG_RUNS=$PWD/$WORK/runs
 if [ "$SIZE" = tiny ]; then
@@ -89,7 +116,8 @@ if [ "$SIZE" = tiny ]; then
 elif [ -L data ] && [ ! -e data ]; then # a link that did not travel with the tree
 	export CUTBG_DATA=$PWD/$WORK/data
 fi
-rm -rf "$DIR" "$CUTBG_RUNS" results/bench.json
+rm -rf "$DIR" "$CUTBG_RUNS"
+case " $STEPS " in *" bench "*) rm -f results/bench.json ;; esac
 mkdir -p "$DIR" "$WORK" "$CUTBG_RUNS/animals"
 touch "$WORK/stamp"
 printf 'step\tstatus\trc\tseconds\tlimit\n' >"$DIR/steps.tsv"
@@ -148,22 +176,18 @@ for s in $STEPS; do
 			step data 150 "$PYTHON" -m cutbg_env.data generate
 		fi
 		;;
-	bench) make_cmd bench && step bench 200 "${CMD[@]}" ;;
+	bench) make_cmd bench && step bench "$BENCH_S" "${CMD[@]}" ;;
 	classifier) step classifier 60 "$PYTHON" -m evaluate.gpu_check classifier --out "$CKPT" --backbone "$BACKBONE" ;;
 	agreement)
 		# shellcheck disable=SC2086 # AGREE is two flags
 		step agreement 60 "$PYTHON" -m evaluate.gpu_check agreement --checkpoint "$CKPT" --device "$DEVICE" $AGREE --out "$DIR/agreement.json"
 		;;
 	train)
-		make_cmd train && step train 180 "${CMD[@]}"
+		make_cmd train && step train "$TRAIN_S" "${CMD[@]}"
 		mkdir -p "$DIR/train"
 		cp "$CUTBG_RUNS/animals/dog/config.json" "$CUTBG_RUNS/animals/dog/refinement.json" "$DIR/train/" 2>/dev/null
 		;;
-	eval) make_cmd eval && step eval 150 "${CMD[@]}" ;;
-	*)
-		echo "error: GPU_CHECK_STEPS: unknown step '$s' (deps machine data bench classifier agreement train eval)" >&2
-		exit 2
-		;;
+	eval) make_cmd eval && step eval "$EVAL_S" "${CMD[@]}" ;;
 	esac
 done
 
