@@ -192,7 +192,7 @@ for s in $STEPS; do
 done
 
 echo "== table"
-timeout 60 "$PYTHON" -m evaluate.gpu_check table --dir "$DIR" --bench results/bench.json --out "$DIR/table.md" 2>"$DIR/table.log" || {
+timeout 60 "$PYTHON" -m evaluate.gpu_check table --dir "$DIR" --bench results/bench.json --out "$DIR/table.md" --budget "$BUDGET" 2>"$DIR/table.log" || {
 	FAILED=1
 	cat "$DIR/table.log"
 }

@@ -106,7 +106,7 @@ def test_table_against_the_targets_with_the_card() -> None:
 def test_table_of_a_cpu_run_and_of_missing_files() -> None:
     cpu = {**MACHINE, "cuda_available": False, "device_name": None, "torch_cuda": None}
     train = {"timesteps": 120, "seconds": 60.0, "args": {"n_envs": 4}, "images": 8}
-    r = rows(gpu_check.table(STEPS[:1], cpu, BENCH, None, train, None))
+    r = rows(gpu_check.table(STEPS[:1], cpu, BENCH, None, train, None, budget=1200))
     assert r["card"][1] == "no GPU (CPU) · torch 2.11.0+cu130 · Python 3.12.3"
     assert r["bench: SB3 DQN transitions/s"][2] == "(CPU run: target is the GPU's)"
     assert r["make train: transitions/s end to end (120 in 60 s, 4 envs, 8 images)"] == [
@@ -116,7 +116,11 @@ def test_table_of_a_cpu_run_and_of_missing_files() -> None:
     ]
     assert r["make eval"] == ["", "— (eval: not run)", ""]
     assert r["bf16 vs fp32 scores"] == ["", "— (agreement: not run)", ""]
-    assert r["steps: status, wall s / limit s"][2] == "meets"
+    assert r["steps: status, wall s / limit s"] == [
+        "all ok, ≤ 1200 s in all",
+        "deps ok 3/60 · total 3 s",
+        "meets",
+    ]
 
 
 def test_read_steps_and_write_table(tmp_path: Path, capsys) -> None:
