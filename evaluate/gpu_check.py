@@ -371,7 +371,7 @@ def table(
             )
             + f" · total {total:.0f} s",
             _verdict(
-                bool(steps) and all(s["status"] == "ok" for s in steps) and total <= 480, True
+                bool(steps) and all(s["status"] == "ok" for s in steps) and total <= budget, True
             ),
         )
     )
