@@ -247,6 +247,8 @@ def table(
     """The run's one markdown table: ``| measure | target | measured | verdict |``. A missing
     input (its step failed) reads as ``—`` with the step's status."""
     status = {s["step"]: s for s in steps}
+    if "bench" not in status:
+        bench = None  # a results/bench.json of an earlier run is not this run's
     gpu = bool(machine and machine.get("cuda_available"))
 
     def missing(step: str) -> str:
