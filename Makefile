@@ -103,3 +103,27 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs results
+
+# GPU check (scripts/gpu_check.sh): bench, a short train and eval of the full-width VGG-16 on
+# DEVICE=cuda (its default here) within 8 minutes, into results/gpu-check/. `make gpu-check
+# DEVICE=cpu` runs the same steps on a tiny generated dataset (GPU_CHECK_SIZE=tiny). It needs no
+# venv and no registry: what the interpreter lacks comes from the wheelhouse, which `make
+# wheelhouse` builds here (pure-Python wheels for the GPU machine's Python 3.12, ~10 MiB).
+WHEELHOUSE ?= .wheelhouse
+GPU_CHECK_DEVICE = $(if $(filter file,$(origin DEVICE)),cuda,$(DEVICE))
+GPU_CHECK_SIZE ?=
+GPU_CHECK_PYTHON ?=
+GPU_CHECK_BUDGET ?=
+GPU_CHECK_STEPS ?=
+GPU_CHECK_BACKBONE ?=
+GPU_CHECK_ARCHIVE ?=
+.PHONY: gpu-check wheelhouse
+
+wheelhouse: $(STAMP)
+	$(PY) -m evaluate.wheelhouse build --dest $(WHEELHOUSE)
+
+gpu-check:
+	GPU_CHECK_DEVICE='$(GPU_CHECK_DEVICE)' GPU_CHECK_SIZE='$(GPU_CHECK_SIZE)' \
+	GPU_CHECK_PYTHON='$(GPU_CHECK_PYTHON)' GPU_CHECK_BUDGET='$(GPU_CHECK_BUDGET)' \
+	GPU_CHECK_STEPS='$(GPU_CHECK_STEPS)' GPU_CHECK_BACKBONE='$(GPU_CHECK_BACKBONE)' \
+	GPU_CHECK_ARCHIVE='$(GPU_CHECK_ARCHIVE)' WHEELHOUSE='$(WHEELHOUSE)' bash scripts/gpu_check.sh

@@ -65,6 +65,8 @@ class CutWorld:
         max_images: use only the first ``max_images`` positive images (small experiments).
         model: an already loaded classifier (shares it instead of reading ``checkpoint``).
         data: an already opened split (shares its annotation cache instead of reopening it).
+        amp: run the classifier's forwards under bf16 autocast; ``None`` = on CUDA only (the
+            GPU path; ``True`` on the CPU runs the same code path there, for tests).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class CutWorld:
         max_images: int | None = None,
         model: Classifier | None = None,
         data: VOCDataset | None = None,
+        amp: bool | None = None,
     ) -> None:
         self.dataset_name = dataset
         self.data = data if data is not None else VOCDataset(resolve_dataset(dataset, root), split)
@@ -103,7 +106,7 @@ class CutWorld:
         self.cache_dtype = getattr(torch, cache_dtype)
         self._cache: dict[int, torch.Tensor] = {}
         self._full: dict[int, tuple[np.ndarray, float]] = {}
-        self.amp = self.device.type == "cuda"
+        self.amp = self.device.type == "cuda" if amp is None else amp
         self.param_dtype = next(model.parameters()).dtype
         # Zero-padded crops drive many activations to subnormal floats, which run several times
         # slower on x86 CPUs; flushing them to zero changes no score at float32 precision.
@@ -118,9 +121,9 @@ class CutWorld:
             )
 
     def autocast(self) -> AbstractContextManager:
-        """bf16 autocast on CUDA; nothing on the CPU."""
+        """bf16 autocast on the world's device when :attr:`amp` (by default on CUDA only)."""
         if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def mid_maps(self, indices: Sequence[int], batch_size: int = 64) -> torch.Tensor:
