@@ -47,22 +47,22 @@ class CutDQN(DQN):
         *args: Any,
         double_q: bool = True,
         head_share: float = 1.0,
-        act_member: bool = False,
+        act_head: bool = False,
         **kwargs: Any,
     ) -> None:
         self.double_q = double_q
         self.head_share = head_share
-        self.act_member = act_member
+        self.act_head = act_head
         self._acting: np.ndarray | None = None
         super().__init__(*args, **kwargs)
 
     def predict(self, observation: Any, *args: Any, deterministic: bool = False, **kwargs: Any):  # type: ignore[override]
-        """SB3's ε-greedy ``predict``; with ``act_member`` and several heads, exploration acts
+        """SB3's ε-greedy ``predict``; with ``act_head`` and several heads, exploration acts
         greedily on one head per episode (drawn at each episode's start), evaluation
         (``deterministic=True``) on the heads' mean."""
         q_net = self.q_net
         heads = getattr(q_net, "n_heads", 1)
-        if deterministic or not self.act_member or heads == 1:
+        if deterministic or not self.act_head or heads == 1:
             return super().predict(observation, *args, deterministic=deterministic, **kwargs)
         n = (
             len(next(iter(observation.values())))
@@ -189,17 +189,10 @@ class DQNArgs:
     """Q-network with a validity logit per cut (cutbg_env.qnet.ValidityQNetwork; False = MLP)."""
     heads: int = 1
     """Q heads on the shared feature extractor (bootstrapped DQN); the agent acts on their mean."""
-    members: int = 1
-    """Independent Q-networks (adaptation convs + hidden layer each) batched in one network;
-    the agent acts on their mean Q-values."""
-    member_channels: int | None = None
-    """Adaptation channels of each member (default: adapt_channels)."""
-    member_hidden: int | None = None
-    """Hidden units of each member (default: hidden)."""
     head_share: float = 1.0
-    """Share of each minibatch each head/member trains on (a fresh random mask per step)."""
-    act_member: bool = False
-    """While training, each episode acts on one random head/member (bootstrapped DQN's deep
+    """Share of each minibatch each head trains on (a fresh random mask per step)."""
+    act_head: bool = False
+    """While training, each episode acts on one random head (bootstrapped DQN's deep
     exploration); evaluation acts on their mean."""
 
     def resolved_for(self, dataset: str) -> Any:
@@ -220,15 +213,7 @@ class DQNArgs:
         ``sb3_kwargs`` (``learning_rate``, ``seed``, ``device``, ...) go to SB3's DQN."""
         if self.buffer_size is None or self.adapt_channels is None:
             raise ValueError("DQNArgs.build: call resolved_for(dataset) first")
-        if self.members > 1:
-            kwargs = policy_kwargs(
-                self.member_channels or self.adapt_channels,
-                self.adapt_kernel,
-                self.member_hidden or self.hidden,
-                self.members,
-            )
-        else:
-            kwargs = policy_kwargs(self.adapt_channels, self.adapt_kernel, self.hidden)
+        kwargs = policy_kwargs(self.adapt_channels, self.adapt_kernel, self.hidden)
         if self.validity_head:
             kwargs["n_heads"] = self.heads
         elif self.heads != 1:
@@ -238,7 +223,7 @@ class DQNArgs:
             env,
             double_q=self.double_q,
             head_share=self.head_share,
-            act_member=self.act_member,
+            act_head=self.act_head,
             buffer_size=self.buffer_size,
             learning_starts=self.learning_starts,
             batch_size=self.batch_size,

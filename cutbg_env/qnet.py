@@ -28,67 +28,26 @@ EXTRA_OBSERVATIONS = ("score",)
 class CutFeatures(BaseFeaturesExtractor):
     """Two adaptation convs (``kernel``×``kernel`` then 3×3, ReLU) over the senior map (the
     paper's two adaptation layers), flattened, + the action history (+ the ``score``
-    observation when the space has it).
+    observation when the space has it)."""
 
-    With ``members`` K > 1 the convolutions are K independent stacks of ``channels`` each (the
-    first a 1×1-or-``kernel`` conv to K·``channels``, the second grouped), and each member's
-    flattened map gets its own copy of the history and score: ``features_dim`` is K times one
-    member's, laid out member after member (:class:`ValidityQNetwork` splits it).
-    """
-
-    def __init__(
-        self,
-        observation_space: spaces.Dict,
-        channels: int = 32,
-        kernel: int = 1,
-        members: int = 1,
-    ) -> None:
+    def __init__(self, observation_space: spaces.Dict, channels: int = 32, kernel: int = 1) -> None:
         c, h, w = observation_space["features"].shape
         hist = int(np.prod(observation_space["history"].shape))
         self.extras = [k for k in EXTRA_OBSERVATIONS if k in observation_space.spaces]
         extra = sum(int(np.prod(observation_space[k].shape)) for k in self.extras)
-        if members < 1:
-            raise ValueError(f"members={members}: a Q-network needs at least one member")
-        self.members = members
-        super().__init__(
-            observation_space, features_dim=members * (channels * h * w + hist + extra)
-        )
-        width = members * channels
+        super().__init__(observation_space, features_dim=channels * h * w + hist + extra)
         self.adapt = nn.Sequential(
-            nn.Conv2d(c, width, kernel, padding=kernel // 2),
+            nn.Conv2d(c, channels, kernel, padding=kernel // 2),
             nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1, groups=members),
+            nn.Conv2d(channels, channels, 3, padding=1),
             nn.ReLU(),
             nn.Flatten(1),
         )
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        maps = self.adapt(obs["features"].float())
-        parts = [obs["history"].float().flatten(1)] + [obs[k].float() for k in self.extras]
-        if self.members == 1:
-            return torch.cat([maps, *parts], 1)
-        n = maps.shape[0]
-        shared = torch.cat(parts, 1).unsqueeze(1).expand(n, self.members, -1)
-        return torch.cat([maps.view(n, self.members, -1), shared], 2).flatten(1)
-
-
-class MemberMLP(nn.Module):
-    """K independent one-hidden-layer MLPs evaluated in one batched matmul: ``(K, N, F)`` →
-    ``(K, N, out)``. Each layer is initialised as ``nn.Linear`` would be."""
-
-    def __init__(self, members: int, in_dim: int, hidden: int, out_dim: int) -> None:
-        super().__init__()
-        self.w1 = nn.Parameter(torch.empty(members, in_dim, hidden))
-        self.b1 = nn.Parameter(torch.empty(members, 1, hidden))
-        self.w2 = nn.Parameter(torch.empty(members, hidden, out_dim))
-        self.b2 = nn.Parameter(torch.empty(members, 1, out_dim))
-        for weight, bias, fan_in in ((self.w1, self.b1, in_dim), (self.w2, self.b2, hidden)):
-            bound = fan_in**-0.5
-            nn.init.uniform_(weight, -bound, bound)
-            nn.init.uniform_(bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.b2, torch.relu(torch.baddbmm(self.b1, x, self.w1)), self.w2)
+        parts = [self.adapt(obs["features"].float()), obs["history"].float().flatten(1)]
+        parts += [obs[k].float() for k in self.extras]
+        return torch.cat(parts, 1)
 
 
 class ValidityQNetwork(QNetwork):
@@ -111,32 +70,19 @@ class ValidityQNetwork(QNetwork):
         super().__init__(*args, **kwargs)
         if n_heads < 1:
             raise ValueError(f"n_heads={n_heads}: a Q-network needs at least one head")
-        self.members = int(getattr(self.features_extractor, "members", 1))
-        if self.members > 1 and n_heads > 1:
-            raise ValueError(f"n_heads={n_heads}, members={self.members}: choose one of the two")
-        self.n_heads = max(n_heads, self.members)
+        self.n_heads = n_heads
         out = int(self.action_space.n) + len(CUT_ACTIONS)
-        self.q_net: nn.Module
-        if self.members > 1:
-            (hidden,) = self.net_arch
-            self.q_net = MemberMLP(self.members, self.features_dim // self.members, hidden, out)
-        else:
-            self.q_net = nn.ModuleList(
-                nn.Sequential(
-                    *create_mlp(self.features_dim, out, self.net_arch, self.activation_fn)
-                )
-                for _ in range(n_heads)
-            )
+        self.q_net = nn.ModuleList(
+            nn.Sequential(*create_mlp(self.features_dim, out, self.net_arch, self.activation_fn))
+            for _ in range(n_heads)
+        )
         scales = torch.tensor([float(Action(a).scale) for a in CUT_ACTIONS])
         self.register_buffer("scales", scales)
 
     def heads(self, obs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W (K, N, 13), ℓ (K, N, 12))`` of the ``K`` heads."""
         features = self.extract_features(obs, self.features_extractor)
-        if self.members > 1:
-            out = self.q_net(features.view(len(features), self.members, -1).transpose(0, 1))
-        else:
-            out = torch.stack([head(features) for head in self.q_net])
+        out = torch.stack([head(features) for head in self.q_net])
         n = int(self.action_space.n)
         return out[..., :n], out[..., n:]
 
@@ -173,13 +119,12 @@ class ValidityPolicy(MultiInputPolicy):
         return {**super()._get_constructor_parameters(), "n_heads": self.n_heads}
 
 
-def policy_kwargs(channels: int, kernel: int, hidden: int, members: int = 1) -> dict[str, Any]:
+def policy_kwargs(channels: int, kernel: int, hidden: int) -> dict[str, Any]:
     """SB3 ``policy_kwargs`` of the Q-network: :class:`CutFeatures` with ``channels`` adaptation
     channels and a first kernel of ``kernel``, one hidden layer of ``hidden`` units, RMSprop."""
     return {
         "features_extractor_class": CutFeatures,
-        "features_extractor_kwargs": {"channels": channels, "kernel": kernel}
-        | ({"members": members} if members > 1 else {}),
+        "features_extractor_kwargs": {"channels": channels, "kernel": kernel},
         "net_arch": [hidden],
         "optimizer_class": torch.optim.RMSprop,
         "normalize_images": False,
