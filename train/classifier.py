@@ -137,7 +137,7 @@ def split_minutes(minutes: float, finetune_share: float) -> tuple[float, float]:
 
 
 EVAL_RESERVE_S = 20.0
-"""Seconds of the stage's budget kept for the test-set AP and saving."""
+"""Seconds of the budget kept per stage for its test-set AP (and, after the last, saving)."""
 
 
 def _load_split(data: VOCDataset, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -305,12 +305,19 @@ def _fit(
     return {"steps": step, "epochs": epoch + 1, "seconds": round(time.monotonic() - start, 1)}
 
 
+def training_seconds(left: float, stages: list[Stage], minutes: float) -> list[float]:
+    """Training seconds of each stage: ``left`` (the budget that loading and the test-set APs
+    leave) split as the stages split ``minutes``; at least one second each."""
+    return [max(left * s.minutes / minutes, 1.0) for s in stages]
+
+
 def train_classifier(args: ClassifierArgs) -> Path:
     """Run the recipe (or skip when the same config is done), write the checkpoint, the record
     beside it (:func:`record_path`) and ``results/classifier.json``; return the checkpoint path.
 
-    Stage ``k`` ends ``sum(minutes of stages ≤ k)`` after the call began: it trains until
-    ``EVAL_RESERVE_S`` before that, then measures the test-set AP."""
+    After loading, what is left of ``--minutes`` less ``EVAL_RESERVE_S`` per stage (its
+    test-set AP) is split between the stages' training in their proportions
+    (:func:`training_seconds`)."""
     t_enter = time.monotonic()
     ckpt = args.classifier_file()
     stages = args.stages()
@@ -353,14 +360,20 @@ def train_classifier(args: ClassifierArgs) -> Path:
     test_data = _load_split(test, size)
     writer = SummaryWriter(str(ckpt.parent / "classifier_tb"))
     done_stages: list[dict] = []
-    deadline, step = t_enter, 0
-    for stage in stages:
-        deadline += stage.minutes * 60.0
-        stats = _fit(model, stage, args, data, deadline - EVAL_RESERVE_S, writer, step)
+    step = 0
+    # what loading left of the budget, less each stage's test-set AP, in the stages' proportions
+    left = t_enter + args.minutes * 60.0 - time.monotonic() - EVAL_RESERVE_S * len(stages)
+    for stage, seconds in zip(stages, training_seconds(left, stages, args.minutes), strict=True):
+        stats = _fit(model, stage, args, data, time.monotonic() + seconds, writer, step)
         step += stats["steps"]
         ap, m_ap = _test_ap(model, test, test_data, args.device)
         writer.add_scalar(f"classifier/test_map_{stage.name}", m_ap, step)
-        done_stages.append(dataclasses.asdict(stage) | stats | {"test_ap": ap, "test_map": m_ap})
+        done_stages.append(
+            dataclasses.asdict(stage)
+            | {"training_budget_s": round(seconds, 1)}
+            | stats
+            | {"test_ap": ap, "test_map": m_ap}
+        )
         log(f"classifier stage {stage.name}: {stats['steps']} steps, test mAP {m_ap:.1f}")
     writer.close()
     last = done_stages[-1]
