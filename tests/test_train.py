@@ -57,6 +57,14 @@ def test_classifier_checkpoint_and_results(tiny_pipeline: dict) -> None:
     assert res["ap"] == pytest.approx(meta["test_ap"])  # the same numbers in both places
     assert res["map"] == pytest.approx(float(np.mean(list(meta["test_ap"].values()))))
     assert res["steps"] == meta["steps"] and Path(res["checkpoint"]).name == "classifier.pt"
+    # the recipe's two stages, recorded in the checkpoint and in the JSON beside it
+    assert [s["name"] for s in meta["stages"]] == ["scratch", "cutmix_finetune"]
+    assert sum(s["steps"] for s in meta["stages"]) == meta["steps"]
+    record = json.loads(tiny_pipeline["classifier"].with_suffix(".json").read_text())
+    assert record["command"] == "python -m train classifier --minutes 0.05 --batch-size 8"
+    assert [s["name"] for s in record["stages"]] == ["scratch", "cutmix_finetune"]
+    assert record["test_map"] == pytest.approx(meta["test_map"])
+    assert record["test_ap"] == pytest.approx(meta["test_ap"])
 
 
 @slow
@@ -68,6 +76,114 @@ def test_classifier_skips_same_config(tiny_pipeline: dict, capsys: pytest.Captur
     assert path == tiny_pipeline["classifier"]
     assert tiny_pipeline["classifier"].stat().st_mtime_ns == before
     assert "exists for this config: skipping (use --force to retrain)" in capsys.readouterr().err
+
+
+def test_recipe_budget_splits_in_the_shipped_proportions() -> None:
+    from train.classifier import RECIPE_MINUTES, ClassifierArgs, split_minutes, training_seconds
+
+    assert RECIPE_MINUTES == (30.0, 4.0)
+    default = ClassifierArgs()
+    assert default.minutes == 34.0
+    assert split_minutes(default.minutes, default.finetune_share) == pytest.approx((30.0, 4.0))
+    assert split_minutes(3.4, default.finetune_share) == pytest.approx((3.0, 0.4))
+    assert split_minutes(2.0, 0.25) == (1.5, 0.5)
+    assert split_minutes(2.0, 0.0) == (2.0, 0.0)
+    first, second = ClassifierArgs(minutes=3.4).stages()
+    assert (first.name, first.lr, first.cutmix, first.init) == ("scratch", 2e-3, 0.0, None)
+    assert (second.name, second.lr, second.cutmix) == ("cutmix_finetune", 5e-4, 0.8)
+    assert (first.minutes, second.minutes) == pytest.approx((3.0, 0.4))
+    # the existing flags keep their meaning for the first stage
+    (only,) = ClassifierArgs(init="a.pt", cutmix=0.5, lr=1e-3, finetune_share=0.0).stages()
+    assert (only.name, only.lr, only.cutmix, only.init, only.minutes) == (
+        "init",
+        1e-3,
+        0.5,
+        "a.pt",
+        34.0,
+    )
+    # what loading leaves is split between the stages' training in the same proportions
+    half = ClassifierArgs(minutes=2.0, finetune_share=0.25).stages()
+    assert training_seconds(100.0, half, 2.0) == [75.0, 25.0]
+    assert training_seconds(-5.0, half, 2.0) == [1.0, 1.0]  # a spent budget: one second each
+    assert ClassifierArgs(dataset="voc2007", finetune_lr=1e-5).stages()[1].lr == 1e-5
+    assert ClassifierArgs(dataset="voc2007").stages()[1].lr == pytest.approx(2.5e-5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--minutes", "0"],
+            "error: --minutes 0.0: the budget must be a positive number of minutes",
+        ),
+        (["--finetune-share", "1"], "error: --finetune-share 1.0: must be in [0, 1)"),
+    ],
+)
+def test_recipe_bad_budget_is_one_line(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert train_main(["classifier", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err and err.count("\n") == 1
+
+
+@slow
+def test_recipe_stages_run_and_the_record_is_written_atomically(
+    tiny_animals: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import cutbg_env.io
+    from cutbg_env.backbone import load_classifier
+    from train.classifier import ClassifierArgs, train_classifier
+
+    replaced: list[tuple[Path, Path]] = []
+    real_replace = os.replace
+
+    def replace(src: str, dst: str | Path) -> None:
+        replaced.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(cutbg_env.io.os, "replace", replace)
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "out" / "c.pt"
+    args = ClassifierArgs(
+        root=str(tiny_animals), checkpoint=str(ckpt), minutes=0.06, finetune_share=0.5, batch_size=8
+    )
+    assert train_classifier(args) == ckpt
+    record_file = ckpt.with_suffix(".json")
+    (src,) = [s for s, d in replaced if d == record_file]  # one temp file, renamed over it
+    assert src.parent == record_file.parent and src.name.startswith(".c.json.")
+    assert sorted(p.name for p in ckpt.parent.iterdir() if p.is_file()) == ["c.json", "c.pt"]
+    record = json.loads(record_file.read_text())
+    assert set(record) == {
+        "what",
+        "command",
+        "dataset",
+        "test_split",
+        "checkpoint",
+        "minutes",
+        "stages",
+        "seconds",
+        "test_ap",
+        "test_map",
+        "machine",
+    }
+    assert record["command"] == (
+        f"python -m train classifier --root {tiny_animals} --checkpoint {ckpt} --minutes 0.06 "
+        "--finetune-share 0.5 --batch-size 8"
+    )
+    scratch, finetune = record["stages"]
+    assert (scratch["name"], finetune["name"]) == ("scratch", "cutmix_finetune")
+    assert scratch["minutes"] == finetune["minutes"] == pytest.approx(0.03)
+    assert (scratch["cutmix"], finetune["cutmix"], finetune["lr"]) == (0.0, 0.8, 5e-4)
+    for stage in record["stages"]:
+        assert stage["steps"] > 0 and stage["epochs"] >= 1
+        assert set(stage["test_ap"]) == set(load_classifier(ckpt)[0].classes)
+        assert stage["test_map"] == pytest.approx(np.mean(list(stage["test_ap"].values())))
+    assert record["test_map"] == finetune["test_map"]
+    assert scratch["training_budget_s"] == finetune["training_budget_s"]  # share 0.5
+    assert record["seconds"] > 0
 
 
 @slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,26 +30,40 @@ from cutbg_env.backbone import (
 )
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import VOCDataset, dataset_splits, open_split
-from cutbg_env.errors import CheckpointError, DataError
+from cutbg_env.errors import CheckpointError, DataError, OptionError
 from cutbg_env.io import log, relpath, write_json
 from cutbg_env.metrics import classification_ap
 from train.common import seed_everything
+
+RECIPE_MINUTES = (30.0, 4.0)
+"""The shipped checkpoint's recipe (``cutbg_env/assets/animals-classifier.json``): minutes from
+scratch, then minutes of CutMix fine-tuning. ``--minutes`` is split in these proportions."""
 
 
 @dataclass(frozen=True)
 class ClassifierArgs(StageArgs):
     """Train the multi-label classifier that the env and the agent use (it is written to
-    ``--checkpoint``, default runs/<dataset>/classifier.pt)."""
+    ``--checkpoint``, default runs/<dataset>/classifier.pt, what it did to the ``.json`` beside it).
+    The defaults are the shipped checkpoint's recipe: 30 minutes from scratch, then a 4-minute
+    CutMix fine-tune at a quarter of the learning rate."""
 
-    minutes: float = 2.9
-    """Wall-clock budget of the whole stage in minutes: loading, training (the learning rate
-    follows a cosine over it) and, in the last ``EVAL_RESERVE_S`` seconds, the test-set AP."""
+    minutes: float = sum(RECIPE_MINUTES)
+    """Wall-clock budget of the whole recipe in minutes (loading, both stages, their test-set
+    AP), split between the stages by ``--finetune-share``; each stage's learning rate follows a
+    cosine over its part."""
+    finetune_share: float = RECIPE_MINUTES[1] / sum(RECIPE_MINUTES)
+    """Share of ``--minutes`` given to the CutMix fine-tune stage (0 = the first stage only)."""
+    finetune_cutmix: float = 0.8
+    """CutMix probability of the fine-tune stage."""
+    finetune_lr: float | None = None
+    """Peak learning rate of the fine-tune stage (default: a quarter of the first stage's)."""
     max_epochs: int = 200
-    """Stop after this many epochs even if time is left."""
+    """Stop a stage after this many epochs even if time is left."""
     batch_size: int = 32
     """Images per optimisation step."""
     lr: float | None = None
-    """Peak AdamW learning rate (default: 2e-3 here, 1e-4 for the pretrained VOC network)."""
+    """Peak AdamW learning rate of the first stage (default: 2e-3 here, 1e-4 for the pretrained
+    VOC network)."""
     weight_decay: float = 5e-4
     """AdamW weight decay."""
     label_smoothing: float = 0.1
@@ -56,14 +71,15 @@ class ClassifierArgs(StageArgs):
     crop_augment: float = 0.0
     """Probability of zeroing a random outer margin of the mid-level map while training."""
     cutmix: float = 0.0
-    """Probability of CutMix on the mid-level map: a random box of another image is pasted in and
-    the targets mix by area, so a partial object earns a partial score."""
+    """Probability of CutMix on the mid-level map in the first stage: a random box of another
+    image is pasted in and the targets mix by area, so a partial object earns a partial score."""
     init: str | None = None
-    """Start from this classifier checkpoint (fine-tuning) instead of a fresh network."""
+    """Start the first stage from this classifier checkpoint (fine-tuning) instead of a fresh
+    network."""
     weights: str = "IMAGENET1K_V1"
     """VOC only: torchvision weights enum name or a local vgg16 .pth file."""
     seed: int = 0
-    """Seed of the initialisation, batch order and augmentation."""
+    """Seed of the initialisation, batch order and augmentation (each stage starts from it)."""
     threads: int = 0
     """Torch CPU threads (0 = torch's default)."""
     force: bool = False
@@ -75,9 +91,53 @@ class ClassifierArgs(StageArgs):
             return BackboneConfig.voc(self.weights)
         return BackboneConfig()
 
+    def stages(self) -> list[Stage]:
+        """The recipe's stages with their minutes (:func:`split_minutes`); raises
+        :class:`OptionError` on a budget or share that cannot be split."""
+        first, second = split_minutes(self.minutes, self.finetune_share)
+        lr = (
+            self.lr
+            if self.lr is not None
+            else (1e-4 if self.backbone().width_divisor == 1 else 2e-3)
+        )
+        out = [Stage("scratch" if self.init is None else "init", first, lr, self.cutmix, self.init)]
+        if second > 0:
+            ft_lr = self.finetune_lr if self.finetune_lr is not None else lr / 4
+            out.append(Stage("cutmix_finetune", second, ft_lr, self.finetune_cutmix, None))
+        return out
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of the recipe."""
+
+    name: str
+    """``scratch`` (fresh network), ``init`` (from ``--init``) or ``cutmix_finetune``."""
+    minutes: float
+    """Its part of the budget."""
+    lr: float
+    """Peak AdamW learning rate."""
+    cutmix: float
+    """CutMix probability."""
+    init: str | None
+    """Checkpoint the first stage starts from (later stages continue the previous one)."""
+
+
+def split_minutes(minutes: float, finetune_share: float) -> tuple[float, float]:
+    """``(first, fine-tune)`` minutes of a ``minutes`` budget, the fine-tune taking
+    ``finetune_share`` of it. Raises :class:`OptionError` naming a bad value."""
+    if not (minutes > 0 and math.isfinite(minutes)):
+        raise OptionError(f"--minutes {minutes}: the budget must be a positive number of minutes")
+    if not 0 <= finetune_share < 1:
+        raise OptionError(
+            f"--finetune-share {finetune_share}: must be in [0, 1) (0 = no fine-tune stage)"
+        )
+    second = minutes * finetune_share
+    return minutes - second, second
+
 
 EVAL_RESERVE_S = 20.0
-"""Seconds of the stage's budget kept for the test-set AP and saving."""
+"""Seconds of the budget kept per stage for its test-set AP (and, after the last, saving)."""
 
 
 def _load_split(data: VOCDataset, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -136,12 +196,8 @@ def predict(model: Classifier, images: torch.Tensor, device: str, batch: int = 1
     return torch.cat(out).numpy()
 
 
-def train_classifier(args: ClassifierArgs) -> Path:
-    """Train (or skip when the same config is done), write the checkpoint and
-    ``results/classifier.json``; return the checkpoint path."""
-    t_enter = time.monotonic()
-    ckpt = args.classifier_file()
-    fingerprint = json.dumps(
+def _fingerprint(args: ClassifierArgs) -> str:
+    return json.dumps(
         {
             k: v
             for k, v in dataclasses.asdict(args).items()
@@ -149,6 +205,123 @@ def train_classifier(args: ClassifierArgs) -> Path:
         },
         sort_keys=True,
     )
+
+
+def command_line(args: ClassifierArgs) -> str:
+    """The ``python -m train classifier`` command that gives ``args`` (flags that differ from the
+    defaults only)."""
+    default = ClassifierArgs()
+    flags = []
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if value == getattr(default, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            flags.append(f"{flag} {value}")
+    return " ".join(["python -m train classifier", *flags])
+
+
+def record_path(ckpt: Path) -> Path:
+    """The JSON beside a checkpoint that records how it was trained (``classifier.json`` beside
+    ``classifier.pt``)."""
+    return ckpt.with_suffix(".json")
+
+
+def _test_ap(
+    model: Classifier,
+    test: VOCDataset,
+    split: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    device: str,
+) -> tuple[dict[str, float], float]:
+    images, labels, mask = split
+    scores = predict(model, images, device)
+    ap = {
+        c: classification_ap(scores[:, k], labels[:, k].numpy(), mask[:, k].numpy())
+        for k, c in enumerate(test.classes)
+    }
+    return ap, float(np.mean(list(ap.values())))
+
+
+def _fit(
+    model: Classifier,
+    stage: Stage,
+    args: ClassifierArgs,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    train_until: float,
+    writer: SummaryWriter,
+    step0: int,
+) -> dict:
+    """Train ``model`` in place for one stage until the monotonic time ``train_until`` (or
+    ``max_epochs``); the learning rate follows a cosine from ``stage.lr`` over the stage."""
+    images, labels, mask = data
+    seed_everything(args.seed, args.threads)
+    gen = torch.Generator().manual_seed(args.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=args.weight_decay)
+    start = time.monotonic()
+    budget = max(train_until - start, 1.0)
+    step, epoch, eps = 0, 0, args.label_smoothing
+    bar = tqdm(total=round(budget), desc=f"classifier {stage.name}", unit="s")
+    done = False
+    for epoch in range(args.max_epochs):
+        model.train()
+        order = torch.randperm(len(images), generator=gen)
+        for b in range(0, len(order) - args.batch_size + 1, args.batch_size):
+            elapsed = time.monotonic() - start
+            if elapsed >= budget:
+                done = True
+                break
+            for group in opt.param_groups:
+                group["lr"] = stage.lr * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
+            idx = order[b : b + args.batch_size]
+            x = _augment(images[idx].float().div_(255), gen).to(args.device)
+            x = x.contiguous(memory_format=torch.channels_last)
+            y = labels[idx].to(args.device) * (1 - eps) + eps / 2
+            w = mask[idx].to(args.device)
+            mid = model.lower(x)
+            if args.crop_augment > 0:
+                mid = mid * _crop_mask(len(idx), mid.shape[-1], args.crop_augment, gen).to(mid)
+            if stage.cutmix > 0 and torch.rand(1, generator=gen).item() < stage.cutmix:
+                mid, y, w = _cutmix(mid, y, w, gen)
+            logits = model.head(model.upper(mid))
+            loss = (
+                F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w
+            ).sum() / w.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if (step0 + step) % 10 == 0:
+                writer.add_scalar("classifier/loss", loss.item(), step0 + step)
+                writer.add_scalar("classifier/lr", opt.param_groups[0]["lr"], step0 + step)
+            bar.n = min(round(time.monotonic() - start), round(budget))
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+            bar.update(0)
+        if done:
+            break
+    bar.close()
+    return {"steps": step, "epochs": epoch + 1, "seconds": round(time.monotonic() - start, 1)}
+
+
+def training_seconds(left: float, stages: list[Stage], minutes: float) -> list[float]:
+    """Training seconds of each stage: ``left`` (the budget that loading and the test-set APs
+    leave) split as the stages split ``minutes``; at least one second each."""
+    return [max(left * s.minutes / minutes, 1.0) for s in stages]
+
+
+def train_classifier(args: ClassifierArgs) -> Path:
+    """Run the recipe (or skip when the same config is done), write the checkpoint, the record
+    beside it (:func:`record_path`) and ``results/classifier.json``; return the checkpoint path.
+
+    After loading, what is left of ``--minutes`` less ``EVAL_RESERVE_S`` per stage (its
+    test-set AP) is split between the stages' training in their proportions
+    (:func:`training_seconds`)."""
+    t_enter = time.monotonic()
+    ckpt = args.classifier_file()
+    stages = args.stages()
+    fingerprint = _fingerprint(args)
     if ckpt.exists() and not args.force:
         try:
             _, meta = load_classifier(ckpt)
@@ -170,94 +343,79 @@ def train_classifier(args: ClassifierArgs) -> Path:
             log("VOC2012 not found: fine-tuning on VOC2007 trainval only")
     test = open_split(args.dataset, test_split, args.root)
     config = args.backbone()
-    # channels_last: ~1.8x faster convolutions and batch norm on CPU (and on CUDA with AMP)
     if args.init:
         model, _ = load_classifier(args.init)
         model.train().requires_grad_(True)
     else:
         model = Classifier(config, train.classes)
+    # channels_last: ~1.8x faster convolutions and batch norm on CPU (and on CUDA with AMP)
     model = model.to(args.device, memory_format=torch.channels_last)
     size = config.input_size
     parts = [_load_split(d, size) for d in [train, *extra]]
-    images = torch.cat([p[0] for p in parts])
-    labels = torch.cat([p[1] for p in parts])
-    mask = torch.cat([p[2] for p in parts])
-    lr = args.lr if args.lr is not None else (1e-4 if config.width_divisor == 1 else 2e-3)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
-    gen = torch.Generator().manual_seed(args.seed)
+    data = (
+        torch.cat([p[0] for p in parts]),
+        torch.cat([p[1] for p in parts]),
+        torch.cat([p[2] for p in parts]),
+    )
+    test_data = _load_split(test, size)
     writer = SummaryWriter(str(ckpt.parent / "classifier_tb"))
-    budget = max(args.minutes * 60.0 - (time.monotonic() - t_enter) - EVAL_RESERVE_S, 1.0)
-    start, step = time.monotonic(), 0
-    eps = args.label_smoothing
-    bar = tqdm(total=round(budget), desc="classifier", unit="s")
-    done = False
-    for epoch in range(args.max_epochs):
-        model.train()
-        order = torch.randperm(len(images), generator=gen)
-        for b in range(0, len(order) - args.batch_size + 1, args.batch_size):
-            elapsed = time.monotonic() - start
-            if elapsed >= budget:
-                done = True
-                break
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
-            idx = order[b : b + args.batch_size]
-            x = _augment(images[idx].float().div_(255), gen).to(args.device)
-            x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[idx].to(args.device) * (1 - eps) + eps / 2
-            w = mask[idx].to(args.device)
-            mid = model.lower(x)
-            if args.crop_augment > 0:
-                mid = mid * _crop_mask(len(idx), mid.shape[-1], args.crop_augment, gen).to(mid)
-            if args.cutmix > 0 and torch.rand(1, generator=gen).item() < args.cutmix:
-                mid, y, w = _cutmix(mid, y, w, gen)
-            logits = model.head(model.upper(mid))
-            loss = (
-                F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w
-            ).sum() / w.sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            if step % 10 == 0:
-                writer.add_scalar("classifier/loss", loss.item(), step)
-                writer.add_scalar("classifier/lr", opt.param_groups[0]["lr"], step)
-            bar.n = min(round(time.monotonic() - start), round(budget))
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
-            bar.update(0)
-        if done:
-            break
-    bar.close()
-    test_images, test_labels, test_mask = _load_split(test, size)
-    scores = predict(model, test_images, args.device)
-    ap = {
-        c: classification_ap(scores[:, k], test_labels[:, k].numpy(), test_mask[:, k].numpy())
-        for k, c in enumerate(test.classes)
-    }
-    m_ap = float(np.mean(list(ap.values())))
-    writer.add_scalar("classifier/test_map", m_ap, step)
+    done_stages: list[dict] = []
+    step = 0
+    # what loading left of the budget, less each stage's test-set AP, in the stages' proportions
+    left = t_enter + args.minutes * 60.0 - time.monotonic() - EVAL_RESERVE_S * len(stages)
+    for stage, seconds in zip(stages, training_seconds(left, stages, args.minutes), strict=True):
+        stats = _fit(model, stage, args, data, time.monotonic() + seconds, writer, step)
+        step += stats["steps"]
+        ap, m_ap = _test_ap(model, test, test_data, args.device)
+        writer.add_scalar(f"classifier/test_map_{stage.name}", m_ap, step)
+        done_stages.append(
+            dataclasses.asdict(stage)
+            | {"training_budget_s": round(seconds, 1)}
+            | stats
+            | {"test_ap": ap, "test_map": m_ap}
+        )
+        log(f"classifier stage {stage.name}: {stats['steps']} steps, test mAP {m_ap:.1f}")
     writer.close()
+    last = done_stages[-1]
     meta = {
         "fingerprint": fingerprint,
         "args": dataclasses.asdict(args),
         "steps": step,
-        "epochs": epoch + 1,
-        "seconds": round(time.monotonic() - start, 1),
-        "test_ap": ap,
-        "test_map": m_ap,
+        "epochs": sum(s["epochs"] for s in done_stages),
+        "seconds": round(sum(s["seconds"] for s in done_stages), 1),
+        "stages": done_stages,
+        "test_ap": last["test_ap"],
+        "test_map": last["test_map"],
     }
     save_classifier(model.cpu().to(memory_format=torch.contiguous_format), ckpt, meta)
+    write_json(
+        record_path(ckpt),
+        {
+            "what": "how this classifier was trained (python -m train classifier)",
+            "command": command_line(args),
+            "dataset": args.dataset,
+            "test_split": test_split,
+            "checkpoint": str(ckpt),
+            "minutes": args.minutes,
+            "stages": done_stages,
+            "seconds": round(time.monotonic() - t_enter, 1),
+            "test_ap": last["test_ap"],
+            "test_map": last["test_map"],
+            "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, device {args.device}",
+        },
+    )
     write_json(
         Path("results") / "classifier.json",
         {
             "dataset": args.dataset,
             "split": test_split,
             "checkpoint": str(ckpt),
-            "ap": ap,
-            "map": m_ap,
+            "ap": last["test_ap"],
+            "map": last["test_map"],
             "steps": step,
             "seconds": meta["seconds"],
         },
     )
-    log(f"classifier: {step} steps, test mAP {m_ap:.1f} -> {relpath(ckpt)}")
+    log(f"classifier: {step} steps, test mAP {last['test_map']:.1f} -> {relpath(ckpt)}")
     return ckpt
