@@ -42,62 +42,9 @@ class CutDQN(DQN):
     the TD loss.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        double_q: bool = True,
-        head_share: float = 1.0,
-        act_head: bool = False,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, double_q: bool = True, **kwargs: Any) -> None:
         self.double_q = double_q
-        self.head_share = head_share
-        self.act_head = act_head
-        self._acting: np.ndarray | None = None
         super().__init__(*args, **kwargs)
-
-    def predict(self, observation: Any, *args: Any, deterministic: bool = False, **kwargs: Any):  # type: ignore[override]
-        """SB3's ε-greedy ``predict``; with ``act_head`` and several heads, exploration acts
-        greedily on one head per episode (drawn at each episode's start), evaluation
-        (``deterministic=True``) on the heads' mean."""
-        q_net = self.q_net
-        heads = getattr(q_net, "n_heads", 1)
-        if deterministic or not self.act_head or heads == 1:
-            return super().predict(observation, *args, deterministic=deterministic, **kwargs)
-        n = (
-            len(next(iter(observation.values())))
-            if isinstance(observation, dict)
-            else len(observation)
-        )
-        if self._acting is None or len(self._acting) != n:
-            self._acting = np.random.randint(heads, size=n)
-        q_net.acting = torch.as_tensor(self._acting, device=self.device)
-        try:
-            return super().predict(observation, *args, deterministic=deterministic, **kwargs)
-        finally:
-            q_net.acting = None
-
-    def _store_transition(
-        self,
-        replay_buffer: Any,
-        buffer_action: Any,
-        new_obs: Any,
-        reward: Any,
-        dones: np.ndarray,
-        infos: Any,
-    ) -> None:
-        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
-        if self._acting is not None and dones.any():
-            heads = getattr(self.q_net, "n_heads", 1)
-            self._acting[dones] = np.random.randint(heads, size=int(dones.sum()))
-
-    def _masked_mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Mean of ``(K, N)`` per-head losses, each head over its own random ``head_share`` of
-        the minibatch (all of it at 1.0, or with one head)."""
-        if self.head_share >= 1.0 or len(values) == 1:
-            return values.mean()
-        mask = (torch.rand(values.shape, device=values.device) < self.head_share).float()
-        return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
     def next_values(self, data: Any) -> torch.Tensor:
         """The bootstrap value of each next state: ``(N, 1)``, or ``(K, N, 1)`` per head of a
@@ -127,14 +74,12 @@ class CutDQN(DQN):
         w, logits = self.q_net.heads(data.observations)
         k = len(w)
         current = self.q_net.q_values(w, logits).gather(2, actions.expand(k, -1, -1))
-        td = nn.functional.smooth_l1_loss(current, target.expand(k, -1, -1), reduction="none")
-        loss = self._masked_mean(td[..., 0])
+        loss = nn.functional.smooth_l1_loss(current, target.expand(k, -1, -1))
         cut = actions[:, 0] < len(CUT_ACTIONS)
         if cut.any():
             chosen = logits[:, cut].gather(2, actions[cut].expand(k, -1, -1)).squeeze(2)
             labels = (data.rewards[cut, 0] > 0).float().expand(k, -1)
-            bce = nn.functional.binary_cross_entropy_with_logits(chosen, labels, reduction="none")
-            loss = loss + self._masked_mean(bce)
+            loss = loss + nn.functional.binary_cross_entropy_with_logits(chosen, labels)
         return loss
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
@@ -189,11 +134,6 @@ class DQNArgs:
     """Q-network with a validity logit per cut (cutbg_env.qnet.ValidityQNetwork; False = MLP)."""
     heads: int = 1
     """Q heads on the shared feature extractor (bootstrapped DQN); the agent acts on their mean."""
-    head_share: float = 1.0
-    """Share of each minibatch each head trains on (a fresh random mask per step)."""
-    act_head: bool = False
-    """While training, each episode acts on one random head (bootstrapped DQN's deep
-    exploration); evaluation acts on their mean."""
 
     def resolved_for(self, dataset: str) -> Any:
         """A copy with the ``None`` fields filled for ``dataset`` (the paper's sizes on VOC)."""
@@ -222,8 +162,6 @@ class DQNArgs:
             ValidityPolicy if self.validity_head else "MultiInputPolicy",
             env,
             double_q=self.double_q,
-            head_share=self.head_share,
-            act_head=self.act_head,
             buffer_size=self.buffer_size,
             learning_starts=self.learning_starts,
             batch_size=self.batch_size,

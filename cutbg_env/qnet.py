@@ -92,15 +92,8 @@ class ValidityQNetwork(QNetwork):
         q_cut = p * (self.scales + w[..., : len(CUT_ACTIONS)]) - (1.0 - p) * self.scales
         return torch.cat([q_cut, w[..., len(CUT_ACTIONS) :]], -1)
 
-    acting: torch.Tensor | None = None
-    """When set (``(N,)`` head indices, one per observation), :meth:`forward` gives each
-    observation's Q-values of its own head instead of the mean (training's per-episode head)."""
-
     def forward(self, obs: Any) -> torch.Tensor:
-        q = self.q_values(*self.heads(obs))
-        if self.acting is not None and len(self.acting) == q.shape[1]:
-            return q[self.acting, torch.arange(q.shape[1])]
-        return q.mean(0)
+        return self.q_values(*self.heads(obs)).mean(0)
 
 
 class ValidityPolicy(MultiInputPolicy):
