@@ -91,6 +91,15 @@ class StageArgs:
     device: str = "cpu"
     """Torch device (cpu or cuda)."""
 
+    def __post_init__(self) -> None:
+        """Check the device (``cuda`` needs a visible GPU), then the other bases' values."""
+        from cutbg_env import checks
+
+        checks.device("--device", self.device)
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+
     def classifier_file(self) -> Path:
         """``checkpoint``, else the dataset's default classifier path."""
         from cutbg_env.paths import classifier_path

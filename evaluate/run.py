@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3 import DQN
 
-from cutbg_env import paths
+from cutbg_env import checks, paths
 from cutbg_env.backbone import load_classifier
 from cutbg_env.calibration import load_calibration
 from cutbg_env.cli import StageArgs
@@ -104,6 +104,17 @@ class EvalArgs(StageArgs):
     seeds: int = 1
     """Evaluate the agents of seeds 0..N-1 (make eval SEEDS=N trains missing ones first) and
     report the mean, standard deviation and 95 % bootstrap CI over seeds."""
+
+    def __post_init__(self) -> None:
+        """Check every value (one line naming the flag, the value and the allowed range)."""
+        checks.integer("--exhaustive-windows", self.exhaustive_windows, 1)
+        checks.integer("--max-images", self.max_images, 1)
+        checks.integer("--figures", self.figures, 0)
+        checks.integer("--seed", self.seed, 0)
+        checks.integer("--seeds", self.seeds, 1)
+        if self.classes is not None and not all(c.strip() for c in self.classes.split(",")):
+            raise OptionError(f"--classes {self.classes!r}: give comma-separated class names")
+        super().__post_init__()
 
 
 def ensemble_members(dataset: str, classes: Sequence[str]) -> dict[str, list[Path]]:
@@ -227,8 +238,6 @@ def evaluate_class(
 
 def run(args: EvalArgs) -> dict:
     """Evaluate and write ``results/eval.json``, ``eval.md``, PR curves and figures."""
-    if args.seeds < 1:
-        raise OptionError(f"--seeds {args.seeds}: evaluate at least one seed (1, 2, ...)")
     _, test_split = dataset_splits(args.dataset)
     split = args.split or test_split
     data = open_split(args.dataset, split, args.root)

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import tyro
 from stable_baselines3.common.vec_env import VecMonitor
 
-from cutbg_env import paths
+from cutbg_env import checks, paths
 from cutbg_env.backbone import load_classifier
 from cutbg_env.calibration import resolve_delta, validation_images, validation_truth
 from cutbg_env.cli import StageArgs
@@ -78,6 +78,25 @@ class AgentArgs(StageArgs, DQNArgs):
     runs/<dataset>/<class>/seeds/seed_N."""
     threads: int = 0
     """Torch CPU threads (0 = torch's default)."""
+
+    force: bool = False
+    """Retrain a run folder that holds a finished or interrupted run (the old run is moved to
+    <out>.old-<run id>/)."""
+
+    def __post_init__(self) -> None:
+        """Check every value (one line naming the flag, the value and the allowed range)."""
+        checks.integer("--epochs", self.epochs, 0)
+        checks.integer("--decay-epochs", self.decay_epochs, 0)
+        checks.positive("--lr-start", self.lr_start)
+        checks.positive("--lr-end", self.lr_end)
+        checks.real("--eps-end", self.eps_end, 0.0, 1.0)
+        checks.integer("--n-envs", self.n_envs, 1)
+        checks.real("--delta", self.delta, 0.0, 1.0)
+        checks.positive("--eta", self.eta)
+        checks.integer("--max-images", self.max_images, 1)
+        checks.integer("--seed", self.seed, 0)
+        checks.integer("--threads", self.threads, 0)
+        super().__post_init__()
 
     def resolved(self) -> AgentArgs:
         """Fill the dataset-dependent defaults (``None`` fields; the paper's values on VOC)."""
