@@ -15,6 +15,8 @@ EVAL_CLASSES ?= $(CLASS)
 THREADS ?= 0
 MINUTES ?= 2.9
 FROM_SCRATCH ?=
+RESUME ?=
+FORCE ?=
 SHIPPED := cutbg_env/assets/animals-classifier.pt
 EVAL_ARGS ?=
 # Paths are passed quoted ('$(DATASET)'), so a folder with spaces works: DATASET='/a b/c'.
@@ -56,8 +58,9 @@ calibrate: $(STAMP)
 	$(PY) -m train calibrate --dataset '$(DATASET)' --device $(DEVICE) $(if $(CALIB_CLASSES),--classes $(CALIB_CLASSES))
 
 # Stage 3: one class's DQN agent (seed N > 0 trains into runs/<dataset>/<class>/seeds/seed_N).
+# RESUME=1 continues an interrupted run; FORCE=1 retrains a folder that holds a run.
 train: $(STAMP)
-	$(PY) -m train agent --dataset '$(DATASET)' --class $(CLASS) --device $(DEVICE) --n-envs $(N_ENVS) --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m train agent --dataset '$(DATASET)' --class $(CLASS) --device $(DEVICE) --n-envs $(N_ENVS) --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(RESUME),--resume) $(if $(FORCE),--force)
 
 # Every class; classes are independent jobs, so `make -j 4 train-all` runs four side by side.
 train-all: $(STAMP)
@@ -98,7 +101,7 @@ else
 	$(PY) -m train classifier --dataset animals --minutes $(MINUTES) --force
 endif
 	$(PY) -m train calibrate --dataset animals --classes $(CLASS)
-	$(PY) -m train agent --dataset animals --class $(CLASS) --n-envs $(N_ENVS) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m train agent --dataset animals --class $(CLASS) --n-envs $(N_ENVS) --force $(if $(EPOCHS),--epochs $(EPOCHS))
 	$(PY) -m evaluate --dataset animals --classes $(CLASS) --exhaustive-windows 400 --figures 4
 
 bench: $(STAMP)

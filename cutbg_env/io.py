@@ -60,17 +60,44 @@ def remove_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path
     return removed
 
 
+def check_writable(folder: str | Path, flag: str) -> Path:
+    """Create ``folder`` and check that a file can be written in it; raises
+    :class:`~cutbg_env.errors.OutputError` naming the folder and ``flag`` otherwise."""
+    from cutbg_env.errors import OutputError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".probe{TEMP_MARK}{os.getpid()}-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write in {folder} ({exc.strerror or exc}): make it writable or choose "
+            f"another folder with {flag}"
+        ) from exc
+    return folder
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path``, on error it is removed.
 
     The file gets the mode a plain ``open`` would give it (``0o666 & ~umask``), not
-    ``mkstemp``'s 0600. ``suffix`` keeps an extension on the temp name for writers that look at
+    ``mkstemp``'s 0600; a read-only ``path`` is refused (:class:`~cutbg_env.errors.OutputError`),
+    not replaced. ``suffix`` keeps an extension on the temp name for writers that look at
     it (e.g. ``.png``). The temp name carries the writer's pid, so that
     :func:`remove_stale_temps` can remove it when the writer was killed.
     """
+    from cutbg_env.errors import OutputError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and not path.stat().st_mode & 0o200:  # no owner write bit (even for root)
+        raise OutputError(f"{path} is read-only: make it writable (chmod u+w) to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {path.parent} ({exc.strerror or exc})") from exc
     fd, tmp = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.name}{TEMP_MARK}{os.getpid()}-", suffix=suffix or ".tmp"
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 
 DEFAULT_DATASET = "animals"
@@ -92,7 +93,7 @@ def make_command(target: str, dataset: str, **variables: object) -> str:
     embedded default."""
     words = ["make", target, *(f"{k}={v}" for k, v in variables.items())]
     if dataset != DEFAULT_DATASET:
-        words.append(f"DATASET={dataset}")
+        words.append(f"DATASET={shlex.quote(dataset)}")
     return " ".join(words)
 
 

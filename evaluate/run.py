@@ -32,16 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from stable_baselines3 import DQN
 
 from cutbg_env import checks, paths
 from cutbg_env.backbone import load_classifier
 from cutbg_env.calibration import load_calibration
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
-from cutbg_env.errors import CheckpointError, OptionError
+from cutbg_env.errors import CheckpointError, DataError, OptionError
 from cutbg_env.geometry import FULL_CROP, crop_to_box
-from cutbg_env.io import log, relpath, write_json, write_text
+from cutbg_env.io import check_writable, log, relpath, write_json, write_text
 from cutbg_env.localize import exhaustive, exhaustive_windows, greedy_cut
 from cutbg_env.metrics import (
     plot_pr_curve,
@@ -65,7 +64,7 @@ from cutbg_env.rollout import (
     rollout,
     sb3_policy,
 )
-from cutbg_env.runs import trained_agent, trained_delta, trained_seeds
+from cutbg_env.runs import load_agent, run_state, trained_agent, trained_delta, trained_seeds
 from cutbg_env.world import CutWorld
 from evaluate.figures import write_figure
 from evaluate.tables import (
@@ -166,7 +165,7 @@ def evaluate_class(
     data = world.data
     delta = trained_delta(agent)
     layer, region, thr = setting
-    model = DQN.load(agent, device=args.device)
+    model = load_agent(agent, args.device)
     sizes = {i: (data.annotation(i).width, data.annotation(i).height) for i in indices}
     world.mid_maps(indices)
     _, p_full = world.full(indices)
@@ -222,7 +221,7 @@ def evaluate_class(
     run_policy("random_agent", random_policy(args.seed), observation_options(model), False)
     crops, trails = run_policy("agent", sb3_policy(model), observation_options(model))
     if ensemble:
-        models = [DQN.load(z, device=args.device) for z in ensemble]
+        models = [load_agent(z, args.device) for z in ensemble]
         options = ensemble_options(models, [relpath(z) for z in ensemble])
         run_policy("agent_ensemble", ensemble_policy(models), options)
     windows = _windows(args.exhaustive_windows)
@@ -246,10 +245,9 @@ def run(args: EvalArgs) -> dict:
         for c in classes:
             data.class_index(c)  # UnknownClassError listing the classes
     else:
+        # every class with a run (an interrupted one is named by trained_agent with --resume)
         classes = [
-            c
-            for c in data.classes
-            if (paths.agent_dir(args.dataset, c) / paths.AGENT_FILE).is_file()
+            c for c in data.classes if run_state(paths.agent_dir(args.dataset, c)) != "empty"
         ]
     if not classes:
         raise CheckpointError(
@@ -262,7 +260,15 @@ def run(args: EvalArgs) -> dict:
     hint = paths.make_command("train-classifier", args.dataset)
     model, _ = load_classifier(args.classifier_file(), args.device, hint=hint)
     indices = list(range(len(data)))[: args.max_images]
+    for c in classes:
+        if not any(data.gt_boxes(i, c) for i in indices):
+            raise DataError(
+                f"none of the {len(indices)} evaluated {split} images of {data.root} holds a "
+                f"{c}: its AP and CorLoc are undefined; evaluate more images (--max-images) or "
+                "another split, or leave the class out (--classes)"
+            )
     out = Path(args.out)
+    check_writable(out, "--out")  # before the evaluation, not after it
     if args.ensemble and args.seeds > 1:
         ensembles = {c: [agents[c, n] for n in seeds] for c in classes}
     else:
