@@ -61,14 +61,19 @@ def remove_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path
 
 
 def check_writable(folder: str | Path, flag: str) -> Path:
-    """Create ``folder`` and check that a file can be written in it; raises
-    :class:`~cutbg_env.errors.OutputError` naming the folder and ``flag`` otherwise."""
+    """Check that files can be written in ``folder`` (or, when it does not exist yet, that it
+    can be created: its nearest existing parent is a folder one can write in), creating
+    nothing; raises :class:`~cutbg_env.errors.OutputError` naming the folder and ``flag``."""
     from cutbg_env.errors import OutputError
 
     folder = Path(folder)
+    base = folder
+    while not base.exists() and base != base.parent:
+        base = base.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".probe{TEMP_MARK}{os.getpid()}-")
+        if not base.is_dir():
+            raise NotADirectoryError(f"{base} is not a folder")
+        fd, probe = tempfile.mkstemp(dir=base, prefix=f".probe{TEMP_MARK}{os.getpid()}-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

@@ -27,11 +27,11 @@ def trained_agent(
     dataset: str, class_name: str, path: str | Path | None = None, seed: int = 0
 ) -> Path:
     """The zip of a trained agent: ``path``, else the one of ``seed`` in its run folder
-    (:func:`~cutbg_env.paths.seed_dir`), after :func:`check_run` of its folder.
+    (:func:`~cutbg_env.paths.seed_dir`).
 
     Raises :class:`CheckpointError` naming the file and the command that trains it when the
     file does not exist (the command that resumes it when the folder holds an interrupted run,
-    the process training it when one does now), or when the folder mixes runs."""
+    the process training it when one does now)."""
     zip_path = Path(path) if path else seed_dir(dataset, class_name, seed) / AGENT_FILE
     variables: dict[str, Any] = {"CLASS": class_name} | ({"SEED": seed} if seed else {})
     run_dir = zip_path.parent
@@ -52,7 +52,6 @@ def trained_agent(
             f"no trained agent at {zip_path}: train one with "
             f"`{make_command('train', dataset, **variables)}`"
         )
-    check_run(run_dir, f"retrain it with `{make_command('train', dataset, **variables, FORCE=1)}`")
     return zip_path
 
 
@@ -204,16 +203,21 @@ def run_lock(run_dir: Path, run_id: str) -> Iterator[None]:
 
 
 def run_state(run_dir: Path) -> str:
-    """``"empty"`` (no run file), ``"finished"`` (the final config of the run is written) or
+    """``"empty"`` (no run file), ``"finished"`` (an ``agent.zip`` whose ``config.json`` is the
+    final one of its run, or which has none: copied by hand or from an older version) or
     ``"interrupted"`` (anything else: a run killed before its end)."""
     if not any((run_dir / name).exists() for name in RUN_FILES):
         return "empty"
+    if not (run_dir / AGENT_FILE).is_file():
+        return "interrupted"
     try:
         config = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        finished = bool(config.get("finished", "timesteps" in config))
-    except (OSError, ValueError, AttributeError):
-        finished = False
-    return "finished" if finished and (run_dir / AGENT_FILE).is_file() else "interrupted"
+    except FileNotFoundError:
+        return "finished"
+    except (OSError, ValueError):
+        return "interrupted"
+    finished = isinstance(config, dict) and config.get("finished", "timesteps" in config)
+    return "finished" if finished else "interrupted"
 
 
 def clear_run(run_dir: Path) -> None:

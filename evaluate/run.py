@@ -38,7 +38,7 @@ from cutbg_env.backbone import load_classifier
 from cutbg_env.calibration import load_calibration
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
-from cutbg_env.errors import CheckpointError, DataError, OptionError
+from cutbg_env.errors import CheckpointError, DataError
 from cutbg_env.geometry import FULL_CROP, crop_to_box
 from cutbg_env.io import check_writable, log, relpath, write_json, write_text
 from cutbg_env.localize import exhaustive, exhaustive_windows, greedy_cut
@@ -64,7 +64,14 @@ from cutbg_env.rollout import (
     rollout,
     sb3_policy,
 )
-from cutbg_env.runs import load_agent, run_state, trained_agent, trained_delta, trained_seeds
+from cutbg_env.runs import (
+    check_run,
+    load_agent,
+    run_state,
+    trained_agent,
+    trained_delta,
+    trained_seeds,
+)
 from cutbg_env.world import CutWorld
 from evaluate.figures import write_figure
 from evaluate.tables import (
@@ -111,8 +118,7 @@ class EvalArgs(StageArgs):
         checks.integer("--figures", self.figures, 0)
         checks.integer("--seed", self.seed, 0)
         checks.integer("--seeds", self.seeds, 1)
-        if self.classes is not None and not all(c.strip() for c in self.classes.split(",")):
-            raise OptionError(f"--classes {self.classes!r}: give comma-separated class names")
+        checks.names("--classes", self.classes)
         super().__post_init__()
 
 
@@ -257,6 +263,10 @@ def run(args: EvalArgs) -> dict:
         )
     seeds = list(range(args.seeds))
     agents = {(c, n): trained_agent(args.dataset, c, seed=n) for n in seeds for c in classes}
+    for (c, n), zip_path in agents.items():  # files of one run only, never a mix
+        variables = {"CLASS": c} | ({"SEED": n} if n else {})
+        command = paths.make_command("train", args.dataset, **variables, FORCE=1)
+        check_run(zip_path.parent, f"retrain it with `{command}`")
     hint = paths.make_command("train-classifier", args.dataset)
     model, _ = load_classifier(args.classifier_file(), args.device, hint=hint)
     indices = list(range(len(data)))[: args.max_images]
@@ -268,12 +278,12 @@ def run(args: EvalArgs) -> dict:
                 "another split, or leave the class out (--classes)"
             )
     out = Path(args.out)
-    check_writable(out, "--out")  # before the evaluation, not after it
     if args.ensemble and args.seeds > 1:
         ensembles = {c: [agents[c, n] for n in seeds] for c in classes}
     else:
         ensembles = ensemble_members(args.dataset, classes) if args.ensemble else {}
     methods = METHODS + ENSEMBLE_METHODS if ensembles else METHODS
+    check_writable(out, "--out")  # before the evaluation, not after it
     calibration = load_calibration(args.dataset)
     worlds = {
         c: CutWorld(

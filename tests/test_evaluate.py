@@ -158,7 +158,7 @@ def test_eval_without_any_agent_names_the_command(
     monkeypatch.setenv("CUTBG_RUNS", str(tmp_path / "runs"))
     with pytest.raises(
         CheckpointError,
-        match=r"^no trained agent for any class of '.*cluttered-animals' in .*runs/cluttered-animals: "
+        match=r"^no trained agent for any class of '.*cluttered-animals' in .*runs/cluttered-animals-[0-9a-f]{8}: "
         r"train one with `make train CLASS=dog DATASET=.*cluttered-animals`$",
     ):
         run(EvalArgs(dataset=str(tiny_animals), out=str(tmp_path / "r")))

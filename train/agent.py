@@ -203,6 +203,7 @@ def fit_agent(args: AgentArgs) -> tuple[CutDQN, Path]:
     run_dir = args.run_dir()
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"--out {run_dir} is a file, not a folder: choose another --out")
+    check_writable(run_dir, "--out")
     run_id = runs.new_run_id()
     with runs.run_lock(run_dir, run_id):
         removed = remove_stale_temps(run_dir, recursive=True)
@@ -230,7 +231,6 @@ def fit_agent(args: AgentArgs) -> tuple[CutDQN, Path]:
             if state != "empty":
                 log(f"--force: removing the {state} run in {relpath(run_dir)}")
                 runs.clear_run(run_dir)
-        check_writable(run_dir, "--out")
         return _fit(args, data, classifier, ckpt, run_dir, run_id, resume)
 
 

@@ -37,7 +37,6 @@ from cutbg_env.calibration import (
 )
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
-from cutbg_env.errors import OptionError
 from cutbg_env.geometry import FULL_CROP, box_to_crop, crop_to_box
 from cutbg_env.io import log, relpath, write_json
 from cutbg_env.localize import greedy_cut
@@ -70,8 +69,7 @@ class CalibrateArgs(StageArgs):
         checks.real("--min-delta", self.min_delta, 0.0, 1.0)
         checks.real("--max-delta", self.max_delta, self.min_delta, 1.0)
         checks.integer("--seed", self.seed, 0)
-        if self.classes is not None and not all(c.strip() for c in self.classes.split(",")):
-            raise OptionError(f"--classes {self.classes!r}: give comma-separated class names")
+        checks.names("--classes", self.classes)
         super().__post_init__()
 
 
