@@ -48,7 +48,7 @@ def remove_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path
         return []
     removed = []
     entries = folder.rglob(".*") if recursive else folder.glob(".*")
-    for p in list(entries):
+    for p in sorted(entries):
         m = _TEMP_RE.match(p.name)
         if not m or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
             continue
@@ -57,7 +57,7 @@ def remove_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path
         else:
             p.unlink(missing_ok=True)
         removed.append(p)
-    return removed
+    return sorted(removed)
 
 
 def check_writable(folder: str | Path, flag: str) -> Path:

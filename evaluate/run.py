@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from cutbg_env import checks, paths
 from cutbg_env.backbone import load_classifier
@@ -110,6 +111,8 @@ class EvalArgs(StageArgs):
     seeds: int = 1
     """Evaluate the agents of seeds 0..N-1 (make eval SEEDS=N trains missing ones first) and
     report the mean, standard deviation and 95 % bootstrap CI over seeds."""
+    progress: bool = True
+    """Show a progress bar of the images × methods evaluated."""
 
     def __post_init__(self) -> None:
         """Check every value (one line naming the flag, the value and the allowed range)."""
@@ -158,6 +161,7 @@ def evaluate_class(
     agent: Path,
     ensemble: Sequence[Path] = (),
     cache: dict | None = None,
+    advance: Callable[[int], object] | None = None,
 ) -> dict[str, dict]:
     """Boxes, calls and seconds per image of every method for one class on ``indices``.
 
@@ -166,7 +170,8 @@ def evaluate_class(
     rule-based method uses; a non-empty ``ensemble`` (agent zips) adds the ``agent_ensemble``
     rows. ``cache`` (a dict kept across calls for the same class and images) reuses the rows
     that do not depend on the agent (:data:`AGENT_FREE`) when δ and the setting are the same.
-    ``figdir=None`` draws no figure."""
+    ``figdir=None`` draws no figure. ``advance(n)`` is called with ``len(indices)`` as each
+    method's row is done (a progress bar of images × methods)."""
     cache = {} if cache is None else cache
     data = world.data
     delta = trained_delta(agent)
@@ -187,6 +192,10 @@ def evaluate_class(
 
     res: dict[str, dict] = {}
 
+    def done() -> None:
+        if advance is not None:
+            advance(len(indices))
+
     def record(name: str, boxes: dict, calls: float, seconds: float) -> None:
         res[name] = {"boxes": boxes, "calls": calls, "seconds": seconds / per_image}
         res[name]["scores"] = score
@@ -199,6 +208,7 @@ def evaluate_class(
             record(name, boxes, calls, time.perf_counter() - t)
             cache[(name, key)] = res[name]
         res[name] = cache[(name, key)]
+        done()
 
     def localized(locs: list) -> tuple[dict, float]:
         boxes = {i: box(i, loc.crop) for i, loc in zip(indices, locs, strict=True)}
@@ -218,10 +228,12 @@ def evaluate_class(
         crops = {i: loc.crop for i, (loc, _) in zip(indices, out, strict=True)}
         calls = float(np.mean([loc.calls for loc, _ in out]))
         record(name, {i: box(i, crops[i]) for i in indices}, calls, secs)
+        done()
         if refined:
             t = time.perf_counter()
             boxes = {i: refine(res[name]["boxes"][i], heat(i, crops[i])) for i in indices}
             record(f"{name}_refined", boxes, calls, secs + time.perf_counter() - t)
+            done()
         return crops, {i: trail for i, (_, trail) in zip(indices, out, strict=True)}
 
     run_policy("random_agent", random_policy(args.seed), observation_options(model), False)
@@ -292,6 +304,13 @@ def run(args: EvalArgs) -> dict:
         for c in classes
     }
     caches: dict[str, dict] = {c: {} for c in classes}
+    n_methods = len(METHODS) * len(seeds) + len(ENSEMBLE_METHODS) * bool(ensembles)
+    bar = tqdm(
+        total=len(indices) * n_methods * len(classes),
+        desc="evaluating",
+        unit="image",
+        disable=not args.progress,
+    )
     per_seed, settings_of, how_of, deltas_of = [], [], [], []
     for n in seeds:
         tables = {c: read_refinement(agents[c, n].parent / REFINEMENT_FILE) for c in classes}
@@ -312,6 +331,7 @@ def run(args: EvalArgs) -> dict:
                 agents[cls, n],
                 ensembles.get(cls, ()) if n == 0 else (),
                 caches[cls],
+                bar.update,
             )
             per_class[cls] = score_boxes(res, data, cls, indices)
             for m, v in per_class[cls].items():
@@ -323,6 +343,7 @@ def run(args: EvalArgs) -> dict:
         settings_of.append({c: setting_key(settings[c]) for c in classes})
         how_of.append(how)
         deltas_of.append({c: trained_delta(agents[c, n]) for c in classes})
+    bar.close()
     result: dict = {
         "dataset": args.dataset,
         "split": split,
