@@ -118,17 +118,22 @@ def test_second_training_of_a_folder_is_refused_and_the_first_is_intact(
 def test_two_calibrations_at_once_keep_both_classes(own_runs: Path) -> None:
     path = own_runs / "calibration.json"
     before = json.loads(path.read_text())
+    # the validation subset of seed 1 (one tiny image) holds a bear and a giraffe
     procs = [
         subprocess.Popen(
-            train_cmd("calibrate", "--classes", c), cwd=REPO, stderr=subprocess.PIPE, text=True
+            train_cmd("calibrate", "--classes", c, "--seed", "1"),
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        for c in ("cat", "horse")
+        for c in ("bear", "giraffe")
     ]
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     calib = json.loads(path.read_text())
-    assert {"dog", "cat", "horse"} <= set(calib["heatmap_threshold"])
-    assert {"cat", "horse"} <= set(calib["validation"])
+    assert all("calibration -> " in e for e in errs)
+    assert {"dog", "bear", "giraffe"} <= set(calib["heatmap_threshold"])
+    assert {"bear", "giraffe"} <= set(calib["validation"]) and "zebra" not in calib["delta"]
     assert calib["delta"]["dog"] == before["delta"]["dog"]  # the class nobody recalibrated
 
 
