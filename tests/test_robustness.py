@@ -38,6 +38,7 @@ from train.classifier import ClassifierArgs
 from train.schedules import last_checkpoint, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
+slow = pytest.mark.slow
 
 
 def one_error_line(capsys: pytest.CaptureFixture) -> str:
@@ -219,6 +220,7 @@ def test_unwritable_output_folder_is_named_before_any_work(tmp_path: Path) -> No
     assert check_writable(fine, "--out") == fine and not (tmp_path / "new").exists()
 
 
+@slow
 def test_eval_checks_the_output_folder_before_evaluating(
     own_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
 ) -> None:
@@ -258,6 +260,7 @@ def test_empty_split_is_one_line(tiny_copy: Path) -> None:
         VOCDataset(tiny_copy, "trainval")
 
 
+@slow
 def test_class_without_positives_in_training_is_one_line(
     own_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -300,6 +303,7 @@ def test_bad_calibration_file_is_named(
         load_calibration("animals")
 
 
+@slow
 def test_bad_calibration_file_in_a_cli_is_one_line(
     own_runs: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -347,6 +351,7 @@ def test_corrupt_checkpoint_state_is_named(tmp_path: Path, state: str | bytes) -
         last_checkpoint(tmp_path)
 
 
+@slow
 def test_corrupt_state_on_resume_is_one_line(own_runs: Path, capsys: pytest.CaptureFixture) -> None:
     ckpt = own_runs / "dog" / "checkpoints"
     ckpt.mkdir()
@@ -356,6 +361,7 @@ def test_corrupt_state_on_resume_is_one_line(own_runs: Path, capsys: pytest.Capt
     assert "state.json is unreadable" in one_error_line(capsys)
 
 
+@slow
 def test_corrupt_agent_zip_in_evaluation_is_one_line(
     own_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -366,6 +372,7 @@ def test_corrupt_agent_zip_in_evaluation_is_one_line(
     assert line.startswith(f"{own_runs / 'dog' / 'agent.zip'} is not a readable agent zip")
 
 
+@slow
 def test_no_positive_test_image_says_so(
     own_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -416,6 +423,7 @@ def test_run_ids_must_agree(tmp_path: Path) -> None:
     assert runs.check_run(legacy, "retrain it") is None
 
 
+@slow
 def test_eval_refuses_a_folder_of_mixed_runs(
     own_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -429,6 +437,7 @@ def test_eval_refuses_a_folder_of_mixed_runs(
     assert line.endswith("retrain it with `make train CLASS=dog FORCE=1`")
 
 
+@slow
 def test_interrupted_run_names_resume(
     own_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -492,3 +501,43 @@ def test_makefile_quotes_the_dataset_path() -> None:
         paths.make_command("train", "/a b/c", CLASS="dog")
         == "make train CLASS=dog DATASET='/a b/c'"
     )
+
+
+# -- progress bars with true totals ----------------------------------------------------------
+def test_training_bar_counts_the_planned_episodes_to_100_percent(tmp_path: Path) -> None:
+    from train.schedules import EpochCallback, EpochClock
+
+    for start in (0, 4):  # a fresh run, and one resumed after 4 episodes
+        clock = EpochClock(images=3, episodes=start)
+        cb = EpochCallback(clock, 2, tmp_path, False, progress=True)
+        cb._end_epoch = lambda epoch: None  # no model to checkpoint here
+        cb.locals = {"dones": [True, True], "infos": [{"drop": 0.1}] * 2}
+        assert (cb.bar.total, cb.bar.n) == (6, start)
+        steps = 0
+        while cb._on_step():
+            steps += 1
+        assert (cb.bar.n, cb.bar.total, clock.episodes) == (6, 6, 6)
+        assert steps == (6 - start) // 2 - 1
+        cb.close()
+
+
+@slow
+def test_evaluation_bar_counts_images_times_methods(
+    own_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import evaluate.run
+    from evaluate.tables import METHODS
+
+    bars: list = []
+
+    class Recorder(evaluate.run.tqdm):
+        def __init__(self, *a, **k) -> None:
+            super().__init__(*a, **k)
+            bars.append(self)
+
+    monkeypatch.setattr(evaluate.run, "tqdm", Recorder)
+    argv = ["--classes", "dog", "--split", "trainval", "--max-images", "5"]
+    argv += ["--exhaustive-windows", "4", "--figures", "0", "--out", str(tmp_path / "res")]
+    assert eval_main(argv) == 0
+    (bar,) = bars
+    assert bar.total == 5 * len(METHODS) and bar.n == bar.total
