@@ -41,7 +41,7 @@ from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
 from cutbg_env.errors import CheckpointError, DataError
 from cutbg_env.geometry import FULL_CROP, crop_to_box
-from cutbg_env.io import check_writable, log, relpath, write_json, write_text
+from cutbg_env.io import check_writable, log, relpath, remove_stale_temps, write_json, write_text
 from cutbg_env.localize import exhaustive, exhaustive_windows, greedy_cut
 from cutbg_env.metrics import (
     plot_pr_curve,
@@ -296,6 +296,7 @@ def run(args: EvalArgs) -> dict:
         ensembles = ensemble_members(args.dataset, classes) if args.ensemble else {}
     methods = METHODS + ENSEMBLE_METHODS if ensembles else METHODS
     check_writable(out, "--out")  # before the evaluation, not after it
+    remove_stale_temps(out, recursive=True)  # of killed evaluations
     calibration = load_calibration(args.dataset)
     worlds = {
         c: CutWorld(

@@ -38,7 +38,7 @@ from cutbg_env.calibration import (
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
 from cutbg_env.geometry import FULL_CROP, box_to_crop, crop_to_box
-from cutbg_env.io import log, relpath, write_json
+from cutbg_env.io import log, relpath, remove_stale_temps, write_json
 from cutbg_env.localize import greedy_cut
 from cutbg_env.metrics import corloc_hit
 from cutbg_env.refine import best_setting, refinement_scores
@@ -153,6 +153,7 @@ def calibrate(args: CalibrateArgs) -> dict:
     # Read-modify-write under a lock: a calibration of other classes running at the same time
     # merges its classes into the same file instead of overwriting them.
     with FileLock(path.parent / f".{path.name}.lock"):
+        remove_stale_temps(path.parent)  # of killed writers
         merged = load_calibration(args.dataset)
         for key in CALIBRATION_TABLES:
             merged.setdefault(key, {}).update(calib[key])
