@@ -146,7 +146,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r}: supported modes are ['rgb_array']")
-        checks.real("delta=", delta, 0.0, 1.0)
+        checks.real("delta=", delta, -1.0, 1.0)  # the range of the drop p̄ − p̂ it bounds
         checks.positive("eta=", eta)
         checks.integer("max_images=", max_images, 1)
         self.num_threads = configure_threads(num_threads)

@@ -142,8 +142,9 @@ def test_eval_cli_bad_values_are_one_line(capsys: pytest.CaptureFixture) -> None
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"delta": float("nan")}, "delta=nan: must be a finite number in [0, 1]"),
-        ({"delta": -1.0}, "delta=-1.0: must be a finite number in [0, 1]"),
+        ({"delta": float("nan")}, "delta=nan: must be a finite number in [-1, 1]"),
+        ({"delta": -1.5}, "delta=-1.5: must be a finite number in [-1, 1]"),
+        ({"delta": 2.0}, "delta=2.0: must be a finite number in [-1, 1]"),
         ({"eta": float("nan")}, "eta=nan: must be a finite number > 0"),
         ({"max_images": 0}, "max_images=0: must be an integer ≥ 1"),
         ({"max_images": -1}, "max_images=-1: must be an integer ≥ 1"),

@@ -197,15 +197,15 @@ def fit_agent(args: AgentArgs) -> tuple[CutDQN, Path]:
     run_dir = args.run_dir()
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"--out {run_dir} is a file, not a folder: choose another --out")
+    train_split, _ = dataset_splits(args.dataset)
+    data = open_split(args.dataset, train_split, args.root)
+    data.class_index(args.class_name)  # UnknownClassError listing the classes
+    ckpt = args.classifier_file()
+    hint = paths.make_command("train-classifier", args.dataset)
+    classifier, _ = load_classifier(ckpt, args.device, hint=hint)
     check_writable(run_dir, "--out")
     run_id = runs.new_run_id()
-    with runs.run_lock(run_dir, run_id):  # first: a second training of the folder stops here
-        train_split, _ = dataset_splits(args.dataset)
-        data = open_split(args.dataset, train_split, args.root)
-        data.class_index(args.class_name)  # UnknownClassError listing the classes
-        ckpt = args.classifier_file()
-        hint = paths.make_command("train-classifier", args.dataset)
-        classifier, _ = load_classifier(ckpt, args.device, hint=hint)
+    with runs.run_lock(run_dir, run_id):  # a second training of the folder stops here
         removed = remove_stale_temps(run_dir, recursive=True)
         if removed:
             log(f"removed {len(removed)} temp file(s) of killed runs in {relpath(run_dir)}")
