@@ -15,9 +15,12 @@ EVAL_CLASSES ?= $(CLASS)
 THREADS ?= 0
 MINUTES ?= 2.9
 FROM_SCRATCH ?=
+RESUME ?=
+FORCE ?=
 SHIPPED := cutbg_env/assets/animals-classifier.pt
 EVAL_ARGS ?=
-CLASSES = $(shell $(PY) -c "from cutbg_env.data import VOCDataset, resolve_dataset; print(' '.join(VOCDataset(resolve_dataset('$(DATASET)'), 'trainval').classes))" 2>/dev/null)
+# Paths are passed quoted ('$(DATASET)'), so a folder with spaces works: DATASET='/a b/c'.
+CLASSES = $(shell $(PY) -c "import sys; from cutbg_env.data import VOCDataset, resolve_dataset; print(' '.join(VOCDataset(resolve_dataset(sys.argv[1]), 'trainval').classes))" '$(DATASET)' 2>/dev/null)
 
 .PHONY: install data test lint format train-classifier calibrate train train-all seeds eval demo bench clean
 
@@ -51,34 +54,37 @@ format: $(STAMP)
 # `make demo` starts from the shipped checkpoint instead.
 CLASSIFIER_MINUTES = $(if $(filter command line environment,$(origin MINUTES)),--minutes $(MINUTES))
 train-classifier: $(STAMP)
-	$(PY) -m train classifier --dataset $(DATASET) --device $(DEVICE) --threads $(THREADS) $(CLASSIFIER_MINUTES)
+	$(PY) -m train classifier --dataset '$(DATASET)' --device $(DEVICE) --threads $(THREADS) $(CLASSIFIER_MINUTES)
 
 # Stage 2: δ and heat-map threshold per class (the small validation subset).
 calibrate: $(STAMP)
-	$(PY) -m train calibrate --dataset $(DATASET) --device $(DEVICE) $(if $(CALIB_CLASSES),--classes $(CALIB_CLASSES))
+	$(PY) -m train calibrate --dataset '$(DATASET)' --device $(DEVICE) $(if $(CALIB_CLASSES),--classes $(CALIB_CLASSES))
 
 # Stage 3: one class's DQN agent (seed N > 0 trains into runs/<dataset>/<class>/seeds/seed_N).
+# RESUME=1 continues an interrupted run; FORCE=1 retrains a folder that holds a run.
 train: $(STAMP)
-	$(PY) -m train agent --dataset $(DATASET) --class $(CLASS) --device $(DEVICE) --n-envs $(N_ENVS) --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m train agent --dataset '$(DATASET)' --class $(CLASS) --device $(DEVICE) --n-envs $(N_ENVS) --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(RESUME),--resume) $(if $(FORCE),--force)
 
 # Every class; classes are independent jobs, so `make -j 4 train-all` runs four side by side.
 train-all: $(STAMP)
 	@$(MAKE) --no-print-directory $(addprefix train-class-,$(CLASSES))
 
 train-class-%: $(STAMP)
-	$(PY) -m train agent --dataset $(DATASET) --class $* --device $(DEVICE) --n-envs $(N_ENVS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m train agent --dataset '$(DATASET)' --class $* --device $(DEVICE) --n-envs $(N_ENVS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))
 
 # Seeds 0..SEEDS-1 of the agents of EVAL_CLASSES (default: CLASS). A seed whose agent.zip exists is
 # kept, so a larger SEEDS trains only the new ones; seeds are independent jobs:
 # `make -j 2 seeds SEEDS=5 THREADS=1` trains two at once. `make eval SEEDS=5` trains what is
 # missing, then reports every row over the seeds.
-RUNS_DIR = $(or $(CUTBG_RUNS),runs)/$(notdir $(patsubst %/,%,$(DATASET)))
+# The dataset's folder under runs/ (cutbg_env.paths.dataset_key: a folder path gets a hash).
+RUNS_KEY = $(if $(findstring /,$(DATASET)),$(shell $(PY) -c "import sys; from cutbg_env.paths import dataset_key; print(dataset_key(sys.argv[1]))" '$(DATASET)'),$(DATASET))
+RUNS_DIR = $(or $(CUTBG_RUNS),runs)/$(RUNS_KEY)
 SEED_LIST = $(shell seq 0 $$(($(or $(SEEDS),1) - 1)))
 seed_zip = $(RUNS_DIR)/$(1)/$(if $(filter 0,$(2)),,seeds/seed_$(2)/)agent.zip
 SEED_ZIPS = $(foreach c,$(EVAL_CLASSES),$(foreach n,$(SEED_LIST),$(call seed_zip,$(c),$(n))))
 define SEED_RULE
 $(call seed_zip,$(1),$(2)): | $(STAMP)
-	$(PY) -m train agent --dataset $(DATASET) --class $(1) --device $(DEVICE) --n-envs $(N_ENVS) --seed $(2) --threads $(THREADS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m train agent --dataset '$(DATASET)' --class $(1) --device $(DEVICE) --n-envs $(N_ENVS) --seed $(2) --threads $(THREADS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))
 endef
 $(foreach c,$(EVAL_CLASSES),$(foreach n,$(SEED_LIST),$(eval $(call SEED_RULE,$(c),$(n)))))
 
@@ -86,7 +92,7 @@ seeds: $(SEED_ZIPS)
 
 comma := ,
 eval: $(STAMP) $(if $(SEEDS),$(SEED_ZIPS))
-	$(PY) -m evaluate --dataset $(DATASET) --device $(DEVICE) $(if $(SEEDS),--seeds $(SEEDS) --classes $(subst $(eval) ,$(comma),$(strip $(EVAL_CLASSES)))) $(EVAL_ARGS)
+	$(PY) -m evaluate --dataset '$(DATASET)' --device $(DEVICE) $(if $(SEEDS),--seeds $(SEEDS) --classes $(subst $(eval) ,$(comma),$(strip $(EVAL_CLASSES)))) $(EVAL_ARGS)
 
 # The README's first command: data, classifier, δ, one agent, every method evaluated.
 demo: $(STAMP)
@@ -98,7 +104,7 @@ else
 	$(PY) -m train classifier --dataset animals --minutes $(MINUTES) --force
 endif
 	$(PY) -m train calibrate --dataset animals --classes $(CLASS)
-	$(PY) -m train agent --dataset animals --class $(CLASS) --n-envs $(N_ENVS) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m train agent --dataset animals --class $(CLASS) --n-envs $(N_ENVS) --force $(if $(EPOCHS),--epochs $(EPOCHS))
 	$(PY) -m evaluate --dataset animals --classes $(CLASS) --exhaustive-windows 400 --figures 4
 
 bench: $(STAMP)

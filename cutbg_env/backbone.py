@@ -36,7 +36,7 @@ from torch import nn
 from torchvision.models import VGG, VGG16_Weights, vgg16
 from torchvision.models.vgg import cfgs, make_layers
 
-from cutbg_env.errors import CheckpointError
+from cutbg_env.errors import CheckpointError, reason
 from cutbg_env.geometry import GRID
 from cutbg_env.io import atomic_path
 
@@ -263,7 +263,7 @@ def load_classifier(
         raise
     except Exception as exc:
         raise CheckpointError(
-            f"{path} is not a readable cutbg classifier checkpoint ({exc}); "
+            f"{path} is not a readable cutbg classifier checkpoint ({reason(exc)}); "
             f"delete it and recreate it with `{hint}`"
         ) from exc
     model.eval().requires_grad_(False)

@@ -53,18 +53,41 @@ def validation_truth(world: CutWorld, images: list[int]) -> dict[int, list[Box]]
     return {i: [b for b, d in data.gt_boxes(i, cls) if not d] for i in images}
 
 
+CALIBRATION_TABLES = ("delta", "heatmap_layer", "heatmap_region", "heatmap_threshold", "validation")
+"""The per-class tables of a calibration file (each maps a class to its value)."""
+
+
 def load_calibration(dataset: str) -> dict:
-    """The calibration file of a dataset (``{}`` when there is none)."""
+    """The calibration file of a dataset (``{}`` when there is none).
+
+    Raises :class:`DataError` naming the file and the command that recreates it when it is not
+    UTF-8 JSON, not an object, a table is not an object of classes, or a δ is not a number in
+    [0, 1]."""
     path = paths.calibration_path(dataset)
     if not path.is_file():
         return {}
+    fix = f"recreate it with {paths.stage_hint(f'python -m train calibrate --dataset {dataset}')}"
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        calib = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"calibration file {path} is unreadable ({exc}): {fix}") from exc
+    if not isinstance(calib, dict):
         raise DataError(
-            f"calibration file {path} is unreadable ({exc}): recreate it with "
-            f"{paths.stage_hint(f'python -m train calibrate --dataset {dataset}')}"
-        ) from exc
+            f"calibration file {path} holds a {type(calib).__name__}, not an object: {fix}"
+        )
+    for key in CALIBRATION_TABLES:
+        if not isinstance(calib.get(key, {}), dict):
+            raise DataError(
+                f"calibration file {path}: {key!r} is a {type(calib[key]).__name__}, "
+                f"not an object of classes: {fix}"
+            )
+    for c, d in calib.get("delta", {}).items():
+        ok = isinstance(d, int | float) and not isinstance(d, bool) and 0 <= d <= 1
+        if not ok:
+            raise DataError(
+                f"calibration file {path}: delta of {c!r} is {d!r}, not a number in [0, 1]: {fix}"
+            )
+    return calib
 
 
 def resolve_delta(

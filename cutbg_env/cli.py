@@ -35,7 +35,11 @@ def parse(cls: type[T], argv: Sequence[str] | None, prog: str, description: str 
     """The dataclass ``cls`` built from the command line ``argv`` (``None``: ``sys.argv``)."""
     import tyro
 
-    return tyro.cli(cls, args=argv, prog=prog, description=description or cls.__doc__)
+    from cutbg_env import checks
+
+    with checks.deferred():  # tyro would box the checks' errors; they run once parsed
+        config = tyro.cli(cls, args=argv, prog=prog, description=description or cls.__doc__)
+    return checks.recheck(config)
 
 
 def command_main(
@@ -67,11 +71,13 @@ def subcommand_main(
     holder: list[Any] = []
 
     def build() -> None:
-        holder.append(
-            tyro.extras.subcommand_cli_from_dict(
+        from cutbg_env import checks
+
+        with checks.deferred():  # tyro would box the checks' errors; they run once parsed
+            config = tyro.extras.subcommand_cli_from_dict(
                 classes, args=argv, prog=prog, description=description
             )
-        )
+        holder.append(checks.recheck(config))
 
     status = run_cli(build)
     return status or run_cli(lambda: functions[type(holder[0])](holder[0]))
@@ -90,6 +96,15 @@ class StageArgs:
     """Classifier checkpoint (default: runs/<dataset>/classifier.pt)."""
     device: str = "cpu"
     """Torch device (cpu or cuda)."""
+
+    def __post_init__(self) -> None:
+        """Check the device (``cuda`` needs a visible GPU), then the other bases' values."""
+        from cutbg_env import checks
+
+        checks.device("--device", self.device)
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
 
     def classifier_file(self) -> Path:
         """``checkpoint``, else the dataset's default classifier path."""

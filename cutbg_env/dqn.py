@@ -172,3 +172,18 @@ class DQNArgs:
             policy_kwargs=kwargs,
             **sb3_kwargs,
         )
+
+    def __post_init__(self) -> None:
+        """Check every value (one line naming the flag, the value and the allowed range)."""
+        from cutbg_env import checks
+
+        checks.real("--gamma", self.gamma, 0.0, 1.0)
+        for name in ("buffer_size", "batch_size", "train_freq", "gradient_steps", "target_update"):
+            checks.integer(checks.flag(name), getattr(self, name), 1)
+        checks.integer("--learning-starts", self.learning_starts, 0)
+        for name in ("adapt_channels", "adapt_kernel", "hidden", "heads"):
+            checks.integer(checks.flag(name), getattr(self, name), 1)
+        checks.choice("--obs-dtype", self.obs_dtype, ("float16", "float32"))
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()

@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from cutbg_env import checks
 from cutbg_env.actions import N_ACTIONS, Action
 from cutbg_env.calibration import resolve_delta
 from cutbg_env.episode import HISTORY, Episode, ImageSampler, new_episode, step_episodes
@@ -145,6 +146,9 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r}: supported modes are ['rgb_array']")
+        checks.real("delta=", delta, -1.0, 1.0)  # the range of the drop p̄ − p̂ it bounds
+        checks.positive("eta=", eta)
+        checks.integer("max_images=", max_images, 1)
         self.num_threads = configure_threads(num_threads)
         """Torch's CPU threads after this env was built (see :mod:`cutbg_env.threads`)."""
         self.world = world or CutWorld(

@@ -18,6 +18,8 @@ that the ensemble rows act on together).
 from __future__ import annotations
 
 import os
+import re
+import shlex
 from pathlib import Path
 
 DEFAULT_DATASET = "animals"
@@ -72,8 +74,17 @@ def runs_dir() -> Path:
 
 
 def dataset_key(dataset: str) -> str:
-    """Folder name under ``runs/`` of a dataset: its name, or the last part of a folder path."""
-    return Path(dataset).name if ("/" in dataset or os.sep in dataset) else dataset
+    """Folder name under ``runs/`` of a dataset: its name (``animals``, ``voc2007``, ...), or for
+    a folder path its last part and a short hash of the resolved path (``c-1a2b3c4d``), so that
+    two folders with the same last part never share a runs folder."""
+    if "/" not in dataset and os.sep not in dataset:
+        return dataset
+    import hashlib
+
+    resolved = str(Path(dataset).expanduser().resolve())
+    digest = hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(resolved).name) or "dataset"
+    return f"{name}-{digest}"
 
 
 def make_command(target: str, dataset: str, **variables: object) -> str:
@@ -82,7 +93,7 @@ def make_command(target: str, dataset: str, **variables: object) -> str:
     embedded default."""
     words = ["make", target, *(f"{k}={v}" for k, v in variables.items())]
     if dataset != DEFAULT_DATASET:
-        words.append(f"DATASET={dataset}")
+        words.append(f"DATASET={shlex.quote(dataset)}")
     return " ".join(words)
 
 

@@ -301,9 +301,12 @@ def refinement_scores(
     return scores
 
 
-def write_refinement(path: str | Path, scores: Mapping[Setting, float], images: int) -> dict:
+def write_refinement(
+    path: str | Path, scores: Mapping[Setting, float], images: int, run_id: str | None = None
+) -> dict:
     """Write an agent's ``refinement.json``: its best setting and the hit count of every setting
-    on its ``images`` validation images (``scores`` from :func:`refinement_scores`)."""
+    on its ``images`` validation images (``scores`` from :func:`refinement_scores`), and the
+    ``run_id`` of the training run that wrote it (:mod:`cutbg_env.runs`)."""
     _, layer, region, thr = best_setting({(0.0, *k): v for k, v in scores.items()})
     result = {
         "heatmap_layer": layer,
@@ -316,6 +319,8 @@ def write_refinement(path: str | Path, scores: Mapping[Setting, float], images: 
         },
         "rule": "best refined CorLoc of the agent's boxes on the calibration's validation subset",
     }
+    if run_id is not None:
+        result["run_id"] = run_id
     write_json(path, result)
     return result
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cutbg_env import paths, shipped
+from cutbg_env import checks, paths, shipped
 from cutbg_env.backbone import Classifier, load_classifier, preprocess
 from cutbg_env.data import VOCDataset, resolve_dataset
 from cutbg_env.errors import DataError
@@ -83,6 +83,8 @@ class CutWorld:
         data: VOCDataset | None = None,
         amp: bool | None = None,
     ) -> None:
+        checks.integer("max_images=", max_images, 1)
+        checks.device("device=", device)
         self.dataset_name = dataset
         self.data = data if data is not None else VOCDataset(resolve_dataset(dataset, root), split)
         self.class_name = class_name

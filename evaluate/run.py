@@ -27,21 +27,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from stable_baselines3 import DQN
+from tqdm import tqdm
 
-from cutbg_env import paths
+from cutbg_env import checks, paths
 from cutbg_env.backbone import load_classifier
 from cutbg_env.calibration import load_calibration
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
-from cutbg_env.errors import CheckpointError, OptionError
+from cutbg_env.errors import CheckpointError, DataError
 from cutbg_env.geometry import FULL_CROP, crop_to_box
-from cutbg_env.io import log, relpath, write_json, write_text
+from cutbg_env.io import check_writable, log, relpath, remove_stale_temps, write_json, write_text
 from cutbg_env.localize import exhaustive, exhaustive_windows, greedy_cut
 from cutbg_env.metrics import (
     plot_pr_curve,
@@ -65,7 +65,14 @@ from cutbg_env.rollout import (
     rollout,
     sb3_policy,
 )
-from cutbg_env.runs import trained_agent, trained_delta, trained_seeds
+from cutbg_env.runs import (
+    check_run,
+    load_agent,
+    run_state,
+    trained_agent,
+    trained_delta,
+    trained_seeds,
+)
 from cutbg_env.world import CutWorld
 from evaluate.figures import write_figure
 from evaluate.tables import (
@@ -104,6 +111,18 @@ class EvalArgs(StageArgs):
     seeds: int = 1
     """Evaluate the agents of seeds 0..N-1 (make eval SEEDS=N trains missing ones first) and
     report the mean, standard deviation and 95 % bootstrap CI over seeds."""
+    progress: bool = True
+    """Show a progress bar of the images × methods evaluated."""
+
+    def __post_init__(self) -> None:
+        """Check every value (one line naming the flag, the value and the allowed range)."""
+        checks.integer("--exhaustive-windows", self.exhaustive_windows, 1)
+        checks.integer("--max-images", self.max_images, 1)
+        checks.integer("--figures", self.figures, 0)
+        checks.integer("--seed", self.seed, 0)
+        checks.integer("--seeds", self.seeds, 1)
+        checks.names("--classes", self.classes)
+        super().__post_init__()
 
 
 def ensemble_members(dataset: str, classes: Sequence[str]) -> dict[str, list[Path]]:
@@ -142,6 +161,7 @@ def evaluate_class(
     agent: Path,
     ensemble: Sequence[Path] = (),
     cache: dict | None = None,
+    advance: Callable[[int], object] | None = None,
 ) -> dict[str, dict]:
     """Boxes, calls and seconds per image of every method for one class on ``indices``.
 
@@ -150,12 +170,13 @@ def evaluate_class(
     rule-based method uses; a non-empty ``ensemble`` (agent zips) adds the ``agent_ensemble``
     rows. ``cache`` (a dict kept across calls for the same class and images) reuses the rows
     that do not depend on the agent (:data:`AGENT_FREE`) when δ and the setting are the same.
-    ``figdir=None`` draws no figure."""
+    ``figdir=None`` draws no figure. ``advance(n)`` is called with ``len(indices)`` as each
+    method's row is done (a progress bar of images × methods)."""
     cache = {} if cache is None else cache
     data = world.data
     delta = trained_delta(agent)
     layer, region, thr = setting
-    model = DQN.load(agent, device=args.device)
+    model = load_agent(agent, args.device)
     sizes = {i: (data.annotation(i).width, data.annotation(i).height) for i in indices}
     world.mid_maps(indices)
     _, p_full = world.full(indices)
@@ -171,6 +192,10 @@ def evaluate_class(
 
     res: dict[str, dict] = {}
 
+    def done() -> None:
+        if advance is not None:
+            advance(len(indices))
+
     def record(name: str, boxes: dict, calls: float, seconds: float) -> None:
         res[name] = {"boxes": boxes, "calls": calls, "seconds": seconds / per_image}
         res[name]["scores"] = score
@@ -183,6 +208,7 @@ def evaluate_class(
             record(name, boxes, calls, time.perf_counter() - t)
             cache[(name, key)] = res[name]
         res[name] = cache[(name, key)]
+        done()
 
     def localized(locs: list) -> tuple[dict, float]:
         boxes = {i: box(i, loc.crop) for i, loc in zip(indices, locs, strict=True)}
@@ -202,16 +228,18 @@ def evaluate_class(
         crops = {i: loc.crop for i, (loc, _) in zip(indices, out, strict=True)}
         calls = float(np.mean([loc.calls for loc, _ in out]))
         record(name, {i: box(i, crops[i]) for i in indices}, calls, secs)
+        done()
         if refined:
             t = time.perf_counter()
             boxes = {i: refine(res[name]["boxes"][i], heat(i, crops[i])) for i in indices}
             record(f"{name}_refined", boxes, calls, secs + time.perf_counter() - t)
+            done()
         return crops, {i: trail for i, (_, trail) in zip(indices, out, strict=True)}
 
     run_policy("random_agent", random_policy(args.seed), observation_options(model), False)
     crops, trails = run_policy("agent", sb3_policy(model), observation_options(model))
     if ensemble:
-        models = [DQN.load(z, device=args.device) for z in ensemble]
+        models = [load_agent(z, args.device) for z in ensemble]
         options = ensemble_options(models, [relpath(z) for z in ensemble])
         run_policy("agent_ensemble", ensemble_policy(models), options)
     windows = _windows(args.exhaustive_windows)
@@ -227,8 +255,6 @@ def evaluate_class(
 
 def run(args: EvalArgs) -> dict:
     """Evaluate and write ``results/eval.json``, ``eval.md``, PR curves and figures."""
-    if args.seeds < 1:
-        raise OptionError(f"--seeds {args.seeds}: evaluate at least one seed (1, 2, ...)")
     _, test_split = dataset_splits(args.dataset)
     split = args.split or test_split
     data = open_split(args.dataset, split, args.root)
@@ -237,10 +263,9 @@ def run(args: EvalArgs) -> dict:
         for c in classes:
             data.class_index(c)  # UnknownClassError listing the classes
     else:
+        # every class with a run (an interrupted one is named by trained_agent with --resume)
         classes = [
-            c
-            for c in data.classes
-            if (paths.agent_dir(args.dataset, c) / paths.AGENT_FILE).is_file()
+            c for c in data.classes if run_state(paths.agent_dir(args.dataset, c)) != "empty"
         ]
     if not classes:
         raise CheckpointError(
@@ -250,15 +275,28 @@ def run(args: EvalArgs) -> dict:
         )
     seeds = list(range(args.seeds))
     agents = {(c, n): trained_agent(args.dataset, c, seed=n) for n in seeds for c in classes}
+    for (c, n), zip_path in agents.items():  # files of one run only, never a mix
+        variables = {"CLASS": c} | ({"SEED": n} if n else {})
+        command = paths.make_command("train", args.dataset, **variables, FORCE=1)
+        check_run(zip_path.parent, f"retrain it with `{command}`")
     hint = paths.make_command("train-classifier", args.dataset)
     model, _ = load_classifier(args.classifier_file(), args.device, hint=hint)
     indices = list(range(len(data)))[: args.max_images]
+    for c in classes:
+        if not any(data.gt_boxes(i, c) for i in indices):
+            raise DataError(
+                f"none of the {len(indices)} evaluated {split} images of {data.root} holds a "
+                f"{c}: its AP and CorLoc are undefined; evaluate more images (--max-images) or "
+                "another split, or leave the class out (--classes)"
+            )
     out = Path(args.out)
     if args.ensemble and args.seeds > 1:
         ensembles = {c: [agents[c, n] for n in seeds] for c in classes}
     else:
         ensembles = ensemble_members(args.dataset, classes) if args.ensemble else {}
     methods = METHODS + ENSEMBLE_METHODS if ensembles else METHODS
+    check_writable(out, "--out")  # before the evaluation, not after it
+    remove_stale_temps(out, recursive=True)  # of killed evaluations
     calibration = load_calibration(args.dataset)
     worlds = {
         c: CutWorld(
@@ -267,6 +305,13 @@ def run(args: EvalArgs) -> dict:
         for c in classes
     }
     caches: dict[str, dict] = {c: {} for c in classes}
+    n_methods = len(METHODS) * len(seeds) + len(ENSEMBLE_METHODS) * bool(ensembles)
+    bar = tqdm(
+        total=len(indices) * n_methods * len(classes),
+        desc="evaluating",
+        unit="image",
+        disable=not args.progress,
+    )
     per_seed, settings_of, how_of, deltas_of = [], [], [], []
     for n in seeds:
         tables = {c: read_refinement(agents[c, n].parent / REFINEMENT_FILE) for c in classes}
@@ -287,6 +332,7 @@ def run(args: EvalArgs) -> dict:
                 agents[cls, n],
                 ensembles.get(cls, ()) if n == 0 else (),
                 caches[cls],
+                bar.update,
             )
             per_class[cls] = score_boxes(res, data, cls, indices)
             for m, v in per_class[cls].items():
@@ -298,6 +344,7 @@ def run(args: EvalArgs) -> dict:
         settings_of.append({c: setting_key(settings[c]) for c in classes})
         how_of.append(how)
         deltas_of.append({c: trained_delta(agents[c, n]) for c in classes})
+    bar.close()
     result: dict = {
         "dataset": args.dataset,
         "split": split,

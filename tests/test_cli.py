@@ -144,8 +144,9 @@ def test_paths_follow_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert paths.agent_dir("animals", "dog") == runs / "animals" / "dog"
     assert paths.seed_dir("animals", "dog") == runs / "animals" / "dog"  # seed 0
     assert paths.seed_dir("animals", "dog", 3) == runs / "animals" / "dog" / "seeds" / "seed_3"
-    # a dataset given as a folder keeps its runs under the folder's name
-    assert paths.agent_dir("/data/sets/my-set", "cat") == runs / "my-set" / "cat"
+    # a dataset given as a folder keeps its runs under the folder's name and a hash of its path
+    key = paths.dataset_key("/data/sets/my-set")
+    assert paths.agent_dir("/data/sets/my-set", "cat") == runs / key / "cat"
     assert (paths.AGENT_FILE, paths.CONFIG_FILE, paths.DEFAULT_DATASET) == (
         "agent.zip",
         "config.json",
@@ -153,12 +154,24 @@ def test_paths_follow_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path:
     )
 
 
-@pytest.mark.parametrize(
-    ("dataset", "key"),
-    [("animals", "animals"), ("voc2012", "voc2012"), ("/a/b/my-set", "my-set"), ("x/y", "y")],
-)
-def test_dataset_key(dataset: str, key: str) -> None:
-    assert paths.dataset_key(dataset) == key
+@pytest.mark.parametrize("dataset", ["animals", "voc2007", "voc2012"])
+def test_dataset_key_of_a_named_dataset_is_its_name(dataset: str) -> None:
+    assert paths.dataset_key(dataset) == dataset
+
+
+def test_dataset_key_of_a_folder_hashes_its_resolved_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    digest = hashlib.sha256(b"/a/b/my-set").hexdigest()[:8]
+    assert paths.dataset_key("/a/b/my-set") == f"my-set-{digest}"
+    assert paths.dataset_key("/a/b/my-set/") == f"my-set-{digest}"
+    # two folders with the same last part never share a runs folder
+    assert paths.dataset_key("/a/x/c") != paths.dataset_key("/b/x/c")
+    monkeypatch.chdir(tmp_path)  # a relative path is keyed by where it resolves
+    assert paths.dataset_key("x/y") == paths.dataset_key(str(tmp_path / "x" / "y"))
+    assert paths.dataset_key("/a b/c d").startswith("c_d-")  # no space in the folder name
 
 
 def test_make_command_leaves_out_the_default_dataset() -> None:

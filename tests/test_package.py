@@ -205,7 +205,7 @@ def test_errors_outside_a_checkout_name_where_commands_run(
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(
         CheckpointError,
-        match=r"classifier checkpoint .*home/runs/cluttered-animals/classifier\.pt does not "
+        match=r"classifier checkpoint .*home/runs/cluttered-animals-[0-9a-f]{8}/classifier\.pt does not "
         r"exist: create it with `make train-classifier DATASET=.*cluttered-animals` in a clone "
         r"of the cutbg repository \(training is not part of the installed package\), or pass "
         r"`checkpoint=<a classifier of '.*cluttered-animals'>`$",

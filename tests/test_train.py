@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ from stable_baselines3 import DQN
 from cutbg_env.calibration import validation_images, validation_subset, validation_truth
 from cutbg_env.cli import StageArgs
 from cutbg_env.dqn import CutDQN, DQNArgs
-from cutbg_env.errors import CheckpointError, DataError
+from cutbg_env.errors import CheckpointError, DataError, OptionError
 from cutbg_env.refine import (
     REFINEMENT_FILE,
     THRESHOLDS,
@@ -467,12 +468,20 @@ def test_defaults_resolve_per_dataset() -> None:
 
 
 def test_zero_is_a_value_not_a_default() -> None:
-    z = AgentArgs(
-        epochs=0, decay_epochs=0, lr_start=0.0, lr_end=0.0, buffer_size=0, adapt_channels=0
-    ).resolved()
-    assert (z.epochs, z.decay_epochs, z.lr_start, z.lr_end) == (0, 0, 0.0, 0.0)
-    assert (z.buffer_size, z.adapt_channels) == (0, 0)
+    z = AgentArgs(epochs=0, decay_epochs=0, learning_starts=0).resolved()
+    assert (z.epochs, z.decay_epochs, z.learning_starts) == (0, 0, 0)
     assert AgentArgs(epochs=0).resolved().decay_epochs == 0
+    # 0 is checked as a value, never replaced by the default: where it is out of range, it is
+    # refused in one line naming the flag and the range
+    for field, flag, allowed in [
+        ("lr_start", "--lr-start 0.0", "a finite number > 0"),
+        ("lr_end", "--lr-end 0.0", "a finite number > 0"),
+        ("buffer_size", "--buffer-size 0", "an integer ≥ 1"),
+        ("adapt_channels", "--adapt-channels 0", "an integer ≥ 1"),
+    ]:
+        zero = 0.0 if field.startswith("lr") else 0
+        with pytest.raises(OptionError, match=f"^{re.escape(flag)}: must be {allowed}$"):
+            AgentArgs(**{field: zero})
 
 
 def test_build_needs_resolved_arguments() -> None:
@@ -487,17 +496,17 @@ def test_cli_flags_reach_the_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
 
     seen: list[AgentArgs] = []
     monkeypatch.setattr(train.agent, "train_agent", seen.append)
-    argv = ["agent", "--class", "cat", "--epochs", "0", "--no-observe-score", "--lr-start", "0"]
+    argv = ["agent", "--class", "cat", "--epochs", "0", "--no-observe-score", "--lr-start", "0.5"]
     assert train_main(argv) == 0
     (args,) = seen
     assert (args.class_name, args.epochs, args.observe_score, args.lr_start) == (
         "cat",
         0,
         False,
-        0.0,
+        0.5,
     )
     resolved = args.resolved()
-    assert (resolved.epochs, resolved.decay_epochs, resolved.lr_start) == (0, 0, 0.0)
+    assert (resolved.epochs, resolved.decay_epochs, resolved.lr_start) == (0, 0, 0.5)
     assert resolved.lr_end == 1e-4 and resolved.buffer_size == 100_000  # the rest: defaults
     assert train_main(["agent", "--class-name", "bear", "--seed", "3", "--heads", "2"]) == 0
     assert (seen[1].class_name, seen[1].seed, seen[1].heads) == ("bear", 3, 2)

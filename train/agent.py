@@ -25,20 +25,27 @@ from typing import Annotated, Any
 import tyro
 from stable_baselines3.common.vec_env import VecMonitor
 
-from cutbg_env import paths
+from cutbg_env import checks, paths, runs
 from cutbg_env.backbone import load_classifier
 from cutbg_env.calibration import resolve_delta, validation_images, validation_truth
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
 from cutbg_env.dqn import VOC_DATASETS, CutDQN, DQNArgs
-from cutbg_env.errors import CheckpointError
-from cutbg_env.io import atomic_path, log, relpath, write_json
+from cutbg_env.errors import CheckpointError, OptionError, OutputError
+from cutbg_env.io import atomic_path, check_writable, log, relpath, remove_stale_temps, write_json
 from cutbg_env.refine import REFINEMENT_FILE, refinement_scores, write_refinement
 from cutbg_env.rollout import observation_options, rollout, sb3_policy
 from cutbg_env.vec_env import BatchedCutBackgroundVecEnv
 from cutbg_env.world import CutWorld
 from train.common import seed_everything
-from train.schedules import EpochCallback, EpochClock, EpsilonSchedule, LrSchedule, last_checkpoint
+from train.schedules import (
+    EpochCallback,
+    EpochClock,
+    EpsilonSchedule,
+    LrSchedule,
+    last_checkpoint,
+    load_checkpoint,
+)
 
 
 @dataclass(frozen=True)
@@ -72,12 +79,31 @@ class AgentArgs(StageArgs, DQNArgs):
     save_replay_buffer: bool = False
     """Also save the replay buffer with each epoch checkpoint."""
     progress: bool = True
-    """Show SB3's progress bar."""
+    """Show a progress bar of the planned episodes (epochs × the class's images)."""
     seed: int = 0
     """Seed of the env order, exploration and initialisation; seed N > 0 trains into
     runs/<dataset>/<class>/seeds/seed_N."""
     threads: int = 0
     """Torch CPU threads (0 = torch's default)."""
+
+    force: bool = False
+    """Retrain a run folder that holds a finished or interrupted run (its files are removed
+    first)."""
+
+    def __post_init__(self) -> None:
+        """Check every value (one line naming the flag, the value and the allowed range)."""
+        checks.integer("--epochs", self.epochs, 0)
+        checks.integer("--decay-epochs", self.decay_epochs, 0)
+        checks.positive("--lr-start", self.lr_start)
+        checks.positive("--lr-end", self.lr_end)
+        checks.real("--eps-end", self.eps_end, 0.0, 1.0)
+        checks.integer("--n-envs", self.n_envs, 1)
+        checks.real("--delta", self.delta, 0.0, 1.0)
+        checks.positive("--eta", self.eta)
+        checks.integer("--max-images", self.max_images, 1)
+        checks.integer("--seed", self.seed, 0)
+        checks.integer("--threads", self.threads, 0)
+        super().__post_init__()
 
     def resolved(self) -> AgentArgs:
         """Fill the dataset-dependent defaults (``None`` fields; the paper's values on VOC)."""
@@ -114,6 +140,7 @@ def make_vec_env(args: AgentArgs, split: str, model: Any = None) -> BatchedCutBa
         max_images=args.max_images,
         model=model,
     )
+    world.require_positives()  # one line naming the split and the class, not torch's error
     world.precompute()  # batched lower + whole-map passes now, instead of one per first reset
     return BatchedCutBackgroundVecEnv(
         args.n_envs,
@@ -125,7 +152,9 @@ def make_vec_env(args: AgentArgs, split: str, model: Any = None) -> BatchedCutBa
     )
 
 
-def choose_refinement(model: Any, world: CutWorld, delta: float, path: Path) -> dict | None:
+def choose_refinement(
+    model: Any, world: CutWorld, delta: float, path: Path, run_id: str | None = None
+) -> dict | None:
     """Score every refinement setting on the agent's own boxes and write ``path``.
 
     The calibration stage chooses a setting on greedy-cut boxes, before any agent exists; an
@@ -141,9 +170,8 @@ def choose_refinement(model: Any, world: CutWorld, delta: float, path: Path) -> 
         return None
     out = rollout(world, images, sb3_policy(model), delta, **observation_options(model))
     crops = {i: loc.crop for i, (loc, _) in zip(images, out, strict=True)}
-    result = write_refinement(
-        path, refinement_scores(world, crops, validation_truth(world, images)), len(images)
-    )
+    scores = refinement_scores(world, crops, validation_truth(world, images))
+    result = write_refinement(path, scores, len(images), run_id)
     log(
         f"refinement: heat-map {result['heatmap_layer']}/{result['heatmap_region']}"
         f"@{result['heatmap_threshold']:.1f} (agent refined CorLoc "
@@ -159,20 +187,64 @@ def train_agent(args: AgentArgs) -> Path:
 
 
 def fit_agent(args: AgentArgs) -> tuple[CutDQN, Path]:
-    """:func:`train_agent` that also returns the trained model."""
+    """:func:`train_agent` that also returns the trained model.
+
+    The run folder belongs to this run while it trains (:func:`~cutbg_env.runs.run_lock`): a
+    second training of the folder is refused, naming this one. A folder that holds a run is
+    continued with ``--resume`` or started over with ``--force`` (its run files are removed
+    first), never mixed; temp files of killed processes in it are removed."""
     args = args.resolved()
+    run_dir = args.run_dir()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"--out {run_dir} is a file, not a folder: choose another --out")
     train_split, _ = dataset_splits(args.dataset)
     data = open_split(args.dataset, train_split, args.root)
     data.class_index(args.class_name)  # UnknownClassError listing the classes
     ckpt = args.classifier_file()
     hint = paths.make_command("train-classifier", args.dataset)
     classifier, _ = load_classifier(ckpt, args.device, hint=hint)
-    run_dir = args.run_dir()
-    resume = last_checkpoint(run_dir) if args.resume else None
-    if args.resume and resume is None:
-        raise CheckpointError(
-            f"--resume: no epoch checkpoint in {run_dir / 'checkpoints'}; train without --resume"
-        )
+    check_writable(run_dir, "--out")
+    run_id = runs.new_run_id()
+    with runs.run_lock(run_dir, run_id):  # a second training of the folder stops here
+        removed = remove_stale_temps(run_dir, recursive=True)
+        if removed:
+            log(f"removed {len(removed)} temp file(s) of killed runs in {relpath(run_dir)}")
+        resume = last_checkpoint(run_dir) if args.resume else None
+        if args.resume and resume is None:
+            raise CheckpointError(
+                f"--resume: no epoch checkpoint in {run_dir / 'checkpoints'}; train without "
+                "--resume"
+            )
+        if resume is not None:
+            fix = "start it over with --force"
+            run_id = runs.check_run(run_dir, fix) or run_id
+        else:
+            state = runs.run_state(run_dir)
+            if state != "empty" and not args.force:
+                what = (
+                    "a finished run: retrain it with --force (its files are replaced)"
+                    if state == "finished"
+                    else "an interrupted run: continue it with --resume, or start it over "
+                    "with --force"
+                )
+                raise OptionError(f"{run_dir} holds {what}; or train into another --out")
+            if state != "empty":
+                log(f"--force: removing the {state} run in {relpath(run_dir)}")
+                runs.clear_run(run_dir)
+        return _fit(args, data, classifier, ckpt, run_dir, run_id, resume)
+
+
+def _fit(
+    args: AgentArgs,
+    data: Any,
+    classifier: Any,
+    ckpt: Path,
+    run_dir: Path,
+    run_id: str,
+    resume: tuple[Path, dict] | None,
+) -> tuple[CutDQN, Path]:
+    """The training of :func:`fit_agent`, inside the run folder's lock."""
+    train_split = data.split
     seed_everything(args.seed, args.threads)
     venv = make_vec_env(args, train_split, classifier)
     venv.seed(args.seed)
@@ -181,7 +253,7 @@ def fit_agent(args: AgentArgs) -> tuple[CutDQN, Path]:
     delta = venv.delta
     tb = str(run_dir / "tb")
     if resume:
-        model = CutDQN.load(resume[0], env=env, device=args.device, tensorboard_log=tb)
+        model = load_checkpoint(resume[0], env=env, device=args.device, tensorboard_log=tb)
         if args.save_replay_buffer and (run_dir / "checkpoints" / "replay_buffer.pkl").is_file():
             model.load_replay_buffer(run_dir / "checkpoints" / "replay_buffer.pkl")
         log(
@@ -200,10 +272,13 @@ def fit_agent(args: AgentArgs) -> tuple[CutDQN, Path]:
         )
     model.exploration_schedule = EpsilonSchedule(clock, args.decay_epochs, args.eps_end)
     model.lr_schedule = LrSchedule(clock, args.decay_epochs, args.lr_start, args.lr_end)
-    callback = EpochCallback(clock, args.epochs, run_dir, args.save_replay_buffer)
+    callback = EpochCallback(
+        clock, args.epochs, run_dir, args.save_replay_buffer, run_id=run_id, progress=args.progress
+    )
     remaining = args.epochs * len(venv.world.positives) * 20  # an upper bound: the callback stops
-    run_dir.mkdir(parents=True, exist_ok=True)
     config = {
+        "run_id": run_id,
+        "finished": False,
         "args": dataclasses.asdict(args),
         "delta": delta,
         "classifier": str(ckpt),
@@ -211,19 +286,25 @@ def fit_agent(args: AgentArgs) -> tuple[CutDQN, Path]:
     }
     write_json(run_dir / paths.CONFIG_FILE, config)
     t0 = time.monotonic()
-    model.learn(
-        total_timesteps=remaining,
-        callback=callback,
-        tb_log_name="dqn",
-        reset_num_timesteps=resume is None,
-        progress_bar=args.progress,
-    )
+    try:
+        model.learn(
+            total_timesteps=remaining,
+            callback=callback,
+            tb_log_name="dqn",
+            reset_num_timesteps=resume is None,
+            progress_bar=False,  # the callback's bar counts the planned episodes
+        )
+    finally:
+        callback.close()
     final = run_dir / paths.AGENT_FILE
     with atomic_path(final, suffix=".zip") as tmp:
         model.save(tmp)
+        runs.stamp_zip(tmp, run_id)
     seconds = time.monotonic() - t0
-    choose_refinement(model, venv.world, delta, run_dir / REFINEMENT_FILE)
-    config.update(timesteps=model.num_timesteps, epochs=clock.epoch, seconds=round(seconds, 1))
+    choose_refinement(model, venv.world, delta, run_dir / REFINEMENT_FILE, run_id)
+    config.update(
+        finished=True, timesteps=model.num_timesteps, epochs=clock.epoch, seconds=round(seconds, 1)
+    )
     write_json(run_dir / paths.CONFIG_FILE, config)
     log(
         f"agent {args.class_name}: {model.num_timesteps} steps, {clock.epoch:.1f} epochs in "

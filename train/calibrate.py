@@ -23,10 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from filelock import FileLock
 
-from cutbg_env import paths
+from cutbg_env import checks, paths
 from cutbg_env.backbone import load_classifier
 from cutbg_env.calibration import (
+    CALIBRATION_TABLES,
     VALIDATION_FRACTION,
     VALIDATION_SEED,
     load_calibration,
@@ -36,7 +38,7 @@ from cutbg_env.calibration import (
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
 from cutbg_env.geometry import FULL_CROP, box_to_crop, crop_to_box
-from cutbg_env.io import log, relpath, write_json
+from cutbg_env.io import log, relpath, remove_stale_temps, write_json
 from cutbg_env.localize import greedy_cut
 from cutbg_env.metrics import corloc_hit
 from cutbg_env.refine import best_setting, refinement_scores
@@ -60,6 +62,16 @@ class CalibrateArgs(StageArgs):
     seed: int = VALIDATION_SEED
     """Seed of the validation subset."""
 
+    def __post_init__(self) -> None:
+        """Check every value (one line naming the flag, the value and the allowed range)."""
+        checks.real("--fraction", self.fraction, 0.0, 0.05, lo_open=True)
+        checks.real("--quantile", self.quantile, 0.0, 1.0)
+        checks.real("--min-delta", self.min_delta, 0.0, 1.0)
+        checks.real("--max-delta", self.max_delta, self.min_delta, 1.0)
+        checks.integer("--seed", self.seed, 0)
+        checks.names("--classes", self.classes)
+        super().__post_init__()
+
 
 DELTAS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 """δ candidates tried besides the quantile rule's value."""
@@ -82,9 +94,8 @@ def calibrate(args: CalibrateArgs) -> dict:
         data.class_index(c)  # UnknownClassError listing the classes
     hint = paths.make_command("train-classifier", args.dataset)
     model, _ = load_classifier(args.classifier_file(), args.device, hint=hint)
-    calib = load_calibration(args.dataset) or {}
-    for key in ("delta", "heatmap_layer", "heatmap_region", "heatmap_threshold", "validation"):
-        calib.setdefault(key, {})
+    load_calibration(args.dataset)  # a corrupt file is named now, not after the whole stage
+    calib: dict[str, dict] = {key: {} for key in CALIBRATION_TABLES}
     for c in classes:
         world = CutWorld(
             args.dataset, train_split, c, root=args.root, device=args.device, model=model, data=data
@@ -138,6 +149,15 @@ def calibrate(args: CalibrateArgs) -> dict:
         "subset": f"{args.fraction:.0%} of {train_split}, seed {args.seed}",
     }
     path = paths.calibration_path(args.dataset)
-    write_json(path, calib)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Read-modify-write under a lock: a calibration of other classes running at the same time
+    # merges its classes into the same file instead of overwriting them.
+    with FileLock(path.parent / f".{path.name}.lock"):
+        remove_stale_temps(path.parent)  # of killed writers
+        merged = load_calibration(args.dataset)
+        for key in CALIBRATION_TABLES:
+            merged.setdefault(key, {}).update(calib[key])
+        merged["rule"] = calib["rule"]
+        write_json(path, merged)
     log(f"calibration -> {relpath(path)}")
-    return calib
+    return merged

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from cutbg_env import checks
 from cutbg_env.backbone import (
     BackboneConfig,
     Classifier,
@@ -84,6 +85,20 @@ class ClassifierArgs(StageArgs):
     """Torch CPU threads (0 = torch's default)."""
     force: bool = False
     """Retrain even if a checkpoint for the same config exists."""
+
+    def __post_init__(self) -> None:
+        """Check every value (one line naming the flag, the value and the allowed range)."""
+        checks.positive("--minutes", self.minutes)
+        checks.integer("--max-epochs", self.max_epochs, 1)
+        checks.integer("--batch-size", self.batch_size, 1)
+        checks.positive("--lr", self.lr)
+        checks.real("--weight-decay", self.weight_decay, 0.0)
+        checks.real("--label-smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        checks.real("--crop-augment", self.crop_augment, 0.0, 1.0)
+        checks.real("--cutmix", self.cutmix, 0.0, 1.0)
+        checks.integer("--seed", self.seed, 0)
+        checks.integer("--threads", self.threads, 0)
+        super().__post_init__()
 
     def backbone(self) -> BackboneConfig:
         """The network this dataset uses."""

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
+from cutbg_env.errors import CheckpointError, reason
 from cutbg_env.io import atomic_path, write_json
+from cutbg_env.runs import stamp_zip
 
 
 class EpochClock:
@@ -62,9 +64,18 @@ class LrSchedule:
 
 class EpochCallback(BaseCallback):
     """Counts episodes, logs score drops, checkpoints each epoch (keeping the newest), stops after
-    the last."""
+    the last; with ``progress``, a bar of the planned episodes (``epochs`` × images) that ends at
+    100 %. Each checkpoint carries ``run_id`` (:mod:`cutbg_env.runs`)."""
 
-    def __init__(self, clock: EpochClock, epochs: int, run_dir: Path, save_buffer: bool) -> None:
+    def __init__(
+        self,
+        clock: EpochClock,
+        epochs: int,
+        run_dir: Path,
+        save_buffer: bool,
+        run_id: str = "",
+        progress: bool = False,
+    ) -> None:
         super().__init__()
         self.clock, self.epochs, self.run_dir, self.save_buffer = (
             clock,
@@ -72,14 +83,31 @@ class EpochCallback(BaseCallback):
             run_dir,
             save_buffer,
         )
+        self.run_id = run_id
         self.drops: list[float] = []
         self.t0 = time.monotonic()
+        self.planned = epochs * clock.images
+        """Episodes of the whole run (the progress bar's total)."""
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            start = min(clock.episodes, self.planned)
+            self.bar = tqdm(total=self.planned, initial=start, desc="episodes", unit="ep")
+
+    def close(self) -> None:
+        """Close the progress bar (after training)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def _on_step(self) -> bool:
         for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
             if done:
                 before = math.floor(self.clock.epoch)
                 self.clock.episodes += 1
+                if self.bar is not None and self.bar.n < self.planned:
+                    self.bar.update(1)
                 self.drops.append(float(info["drop"]))
                 if math.floor(self.clock.epoch) > before:
                     self._end_epoch(math.floor(self.clock.epoch))
@@ -93,12 +121,15 @@ class EpochCallback(BaseCallback):
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(ckpt_dir / f"epoch_{epoch:03d}.zip", suffix=".zip") as tmp:
             self.model.save(tmp)
+            if self.run_id:
+                stamp_zip(tmp, self.run_id)
         if self.save_buffer:
             with atomic_path(ckpt_dir / "replay_buffer.pkl", suffix=".pkl") as tmp:
                 self.model.save_replay_buffer(tmp)
         write_json(
             ckpt_dir / "state.json",
             {
+                "run_id": self.run_id or None,
                 "epoch": epoch,
                 "episodes": self.clock.episodes,
                 "timesteps": self.model.num_timesteps,
@@ -112,11 +143,40 @@ class EpochCallback(BaseCallback):
 
 
 def last_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest epoch checkpoint of a run folder and its state, or ``None``."""
+    """The newest epoch checkpoint of a run folder and its state, or ``None``.
+
+    Raises :class:`CheckpointError` naming ``checkpoints/state.json`` when it is unreadable or
+    lacks its fields (a file of a killed write is never half-written: writes are atomic)."""
     ckpt_dir = run_dir / "checkpoints"
-    zips = sorted(ckpt_dir.glob("epoch_*.zip"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
-    if not zips or not (ckpt_dir / "state.json").is_file():
+    zips = sorted(
+        (p for p in ckpt_dir.glob("epoch_*.zip") if re.fullmatch(r"epoch_\d+", p.stem)),
+        key=lambda p: int(p.stem[len("epoch_") :]),
+    )
+    state_file = ckpt_dir / "state.json"
+    if not zips or not state_file.is_file():
         return None
-    state = json.loads((ckpt_dir / "state.json").read_text())
-    best = ckpt_dir / f"epoch_{state['epoch']:03d}.zip"
+    fix = "delete the run's files and train it again with --force instead of --resume"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        epoch, episodes = int(state["epoch"]), int(state["episodes"])
+        int(state["timesteps"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{state_file} is unreadable ({reason(exc)}): {fix}") from exc
+    if epoch < 0 or episodes < 0:
+        raise CheckpointError(f"{state_file} holds epoch {epoch}, episodes {episodes}: {fix}")
+    best = ckpt_dir / f"epoch_{epoch:03d}.zip"
     return (best if best.is_file() else zips[-1]), state
+
+
+def load_checkpoint(path: Path, **kwargs: Any) -> Any:
+    """:meth:`CutDQN.load` of an epoch checkpoint; a file that is not one raises
+    :class:`CheckpointError` naming it (never torch's advice on ``weights_only``)."""
+    from cutbg_env.dqn import CutDQN
+
+    try:
+        return CutDQN.load(path, **kwargs)
+    except Exception as exc:  # SB3 raises whatever the zip, pickle or torch reader raised
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({reason(exc)}): train the run again with "
+            "--force instead of --resume"
+        ) from exc

@@ -193,6 +193,11 @@ class VOCDataset:
         self.ids: list[str] = [
             line.split()[0] for line in split_file.read_text().splitlines() if line.strip()
         ]
+        if not self.ids:
+            raise DataError(
+                f"split file {split_file} lists no image: the dataset is incomplete; "
+                "regenerate (`make data`) or re-download it, or pick another split"
+            )
         if classes is not None:
             self.classes: tuple[str, ...] = tuple(classes)
         elif (self.root / "classes.txt").is_file():
@@ -260,7 +265,14 @@ class VOCDataset:
                 f"image {path} is missing; the dataset is incomplete, regenerate (`make data`) "
                 "or re-download it"
             )
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        raw = path.read_bytes()
+        if raw[:2] == b"\xff\xd8" and raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda"):
+            # libjpeg decodes a truncated JPEG with a warning and grey rows: refuse it
+            raise DataError(
+                f"image {path} is truncated ({len(raw)} bytes, no end-of-image marker after "
+                "its last scan); regenerate (`make data`) or re-download the dataset"
+            )
+        bgr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
         if bgr is None or bgr.ndim != 3:
             raise DataError(
                 f"image {path} is corrupt or not an image OpenCV can read; regenerate "
