@@ -115,7 +115,7 @@ def test_recipe_budget_splits_in_the_shipped_proportions() -> None:
     [
         (
             ["--minutes", "0"],
-            "error: --minutes 0.0: the budget must be a positive number of minutes",
+            "error: --minutes 0.0: must be a finite number > 0",
         ),
         (["--finetune-share", "1"], "error: --finetune-share 1.0: must be in [0, 1)"),
     ],
