@@ -15,8 +15,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 import torch
+from tiny import dataset_classes, make_tiny_checkpoint, tiny_env_kwargs
 
 from cutbg_env import checks, paths, runs
 from cutbg_env.calibration import load_calibration
@@ -29,6 +31,7 @@ from cutbg_env.errors import (
     reason,
 )
 from cutbg_env.io import atomic_path, check_writable, remove_stale_temps, write_json
+from cutbg_env.world import CutWorld
 from evaluate.__main__ import main as eval_main
 from evaluate.run import EvalArgs
 from train.__main__ import main as train_main
@@ -142,9 +145,10 @@ def test_eval_cli_bad_values_are_one_line(capsys: pytest.CaptureFixture) -> None
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"delta": float("nan")}, "delta=nan: must be a finite number in [-1, 1]"),
-        ({"delta": -1.5}, "delta=-1.5: must be a finite number in [-1, 1]"),
-        ({"delta": 2.0}, "delta=2.0: must be a finite number in [-1, 1]"),
+        ({"delta": float("nan")}, "delta=nan: must be a finite number in [0, 1]"),
+        ({"delta": -1}, "delta=-1: must be a finite number in [0, 1]"),
+        ({"delta": -0.01}, "delta=-0.01: must be a finite number in [0, 1]"),
+        ({"delta": 2.0}, "delta=2.0: must be a finite number in [0, 1]"),
         ({"eta": float("nan")}, "eta=nan: must be a finite number > 0"),
         ({"max_images": 0}, "max_images=0: must be an integer ≥ 1"),
         ({"max_images": -1}, "max_images=-1: must be an integer ≥ 1"),
@@ -160,6 +164,69 @@ def test_env_constructor_checks_its_values(kwargs: dict, message: str) -> None:
     if "max_images" in kwargs:
         with pytest.raises(OptionError, match=f"^{re.escape(message)}$"):
             CutWorld("/nonexistent/set", max_images=kwargs["max_images"])
+
+
+def test_gym_make_refuses_a_negative_delta() -> None:
+    """δ bounds a score drop: δ = -1 would end every episode at its first cut."""
+    with pytest.raises(OptionError, match=r"^delta=-1: must be a finite number in \[0, 1\]$"):
+        gym.make("CutBackground-v0", delta=-1)
+
+
+@pytest.fixture(scope="module")
+def vector_kwargs(tiny_animals: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    ckpt = tmp_path_factory.mktemp("ckpt") / "classifier.pt"
+    return tiny_env_kwargs(
+        tiny_animals, make_tiny_checkpoint(ckpt, dataset_classes(tiny_animals)), "dog"
+    )
+
+
+@pytest.fixture(scope="module")
+def vector_world(vector_kwargs: dict) -> CutWorld:
+    k = vector_kwargs
+    return CutWorld(k["dataset"], "trainval", k["class_name"], k["checkpoint"])
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("delta", float("nan"), "delta=nan: must be a finite number in [0, 1]"),
+        ("delta", -1.0, "delta=-1.0: must be a finite number in [0, 1]"),
+        ("delta", 1.5, "delta=1.5: must be a finite number in [0, 1]"),
+        ("delta", None, "delta=None: must be a finite number in [0, 1]"),
+        ("delta", "0.1", "delta='0.1': must be a finite number in [0, 1]"),
+        ("eta", float("inf"), "eta=inf: must be a finite number > 0"),
+        ("eta", 0.0, "eta=0.0: must be a finite number > 0"),
+    ],
+)
+def test_vector_envs_set_attr_checks_like_the_constructor(
+    vector_kwargs: dict, vector_world: CutWorld, name: str, value: object, message: str
+) -> None:
+    """``set_attr``/``set_attr_at`` (Gymnasium) and ``set_attr`` (SB3) refuse what the
+    constructor refuses, with its message, and set no value of a list with a bad one."""
+    from cutbg_env.vec_env import BatchedCutBackgroundVecEnv
+    from cutbg_env.vector import CutBackgroundVectorEnv
+
+    match = f"^{re.escape(message)}$"
+    vector = CutBackgroundVectorEnv(2, world=vector_world, **vector_kwargs)
+    sb3 = BatchedCutBackgroundVecEnv(2, world=vector_world, **vector_kwargs)
+    before = vector.get_attr(name)
+    with pytest.raises(OptionError, match=match):
+        vector.set_attr(name, value)
+    with pytest.raises(OptionError, match=match):
+        vector.set_attr(name, [0.5, value])
+    with pytest.raises(OptionError, match=match):
+        vector.set_attr_at(name, [value], [1])
+    assert vector.get_attr(name) == before  # the good value of the list was not set either
+    with pytest.raises(OptionError, match=match):
+        sb3.set_attr(name, value, indices=[1])
+    assert sb3.get_attr(name) == list(before)
+    if value is not None:  # None is the constructor's "calibrated δ"
+        with pytest.raises(OptionError, match=match):
+            CutBackgroundVectorEnv(2, world=vector_world, **{**vector_kwargs, name: value})
+    vector.set_attr(name, 1)  # a good value is set, as a float like the constructor's
+    sb3.set_attr(name, 0.5, indices=[0])
+    assert vector.get_attr(name) == (1.0, 1.0) and sb3.get_attr(name) == [0.5, before[1]]
+    assert isinstance(vector.get_attr(name)[0], float)
 
 
 # -- files: umask, read-only outputs, temp files of killed processes, unwritable folders ----
