@@ -89,6 +89,18 @@ def delta(name: str, value: float | None, required: bool = False) -> None:
     real(name, value, 0.0, 1.0, required=required)
 
 
+def share(name: str, value: float | None, note: str = "") -> None:
+    """A share of a whole that must leave some of it: a finite number in [0, 1); ``note`` is
+    added in parentheses (``--finetune-share 1.0: must be in [0, 1) (0 = no fine-tune stage)``)."""
+    if value is None or _DEFERRED.get():
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and 0 <= value < 1):
+        raise OptionError(
+            f"{_named(name, value)}: must be in [0, 1)" + (f" ({note})" if note else "")
+        )
+
+
 ENV_ATTRS: dict[str, Callable[[str, Any, bool], None]] = {"delta": delta, "eta": positive}
 """The episode rules an env checks (its constructor, and the vector envs' ``set_attr``)."""
 

@@ -90,6 +90,27 @@ def dead_pid() -> int:
         ),
         (ClassifierArgs, {"minutes": 0.0}, "--minutes 0.0: must be a finite number > 0"),
         (ClassifierArgs, {"lr": -1.0}, "--lr -1.0: must be a finite number > 0"),
+        (
+            ClassifierArgs,
+            {"finetune_share": 1.0},
+            "--finetune-share 1.0: must be in [0, 1) (0 = no fine-tune stage)",
+        ),
+        (
+            ClassifierArgs,
+            {"finetune_share": float("nan")},
+            "--finetune-share nan: must be in [0, 1) (0 = no fine-tune stage)",
+        ),
+        (
+            ClassifierArgs,
+            {"finetune_share": -0.1},
+            "--finetune-share -0.1: must be in [0, 1) (0 = no fine-tune stage)",
+        ),
+        (
+            ClassifierArgs,
+            {"finetune_cutmix": 1.5},
+            "--finetune-cutmix 1.5: must be a finite number in [0, 1]",
+        ),
+        (ClassifierArgs, {"finetune_lr": 0.0}, "--finetune-lr 0.0: must be a finite number > 0"),
     ],
 )
 def test_bad_values_are_refused_by_the_config(cls: type, kwargs: dict, message: str) -> None:
@@ -126,6 +147,10 @@ def test_cuda_without_a_gpu_is_one_line(capsys: pytest.CaptureFixture) -> None:
         (["agent", "--epochs", "-1"], "--epochs -1: must be an integer ≥ 0"),
         (["agent", "--lr-start", "0"], "--lr-start 0.0: must be a finite number > 0"),
         (["calibrate", "--fraction", "0"], "--fraction 0.0: must be a finite number in (0, 0.05]"),
+        (
+            ["classifier", "--finetune-share", "1"],
+            "--finetune-share 1.0: must be in [0, 1) (0 = no fine-tune stage)",
+        ),
     ],
 )
 def test_train_cli_bad_values_are_one_line(
