@@ -596,6 +596,28 @@ def test_makefile_quotes_the_dataset_path() -> None:
     )
 
 
+def test_makefile_seeds_accept_a_runs_folder_with_spaces(tmp_path: Path) -> None:
+    """``make seeds`` names each seed's agent.zip under ``$CUTBG_RUNS`` as a target: a folder
+    with a space used to split it in two targets (make's "overriding recipe" warnings, every seed
+    retrained). An existing zip is kept, the missing seeds are trained."""
+    runs_dir = tmp_path / "my runs"
+    (runs_dir / "animals" / "dog").mkdir(parents=True)
+    zip_path = runs_dir / "animals" / "dog" / "agent.zip"
+    zip_path.write_bytes(b"")
+    os.utime(zip_path, (0, 0))  # older than anything: still not retrained (order-only prereq)
+    for how in ("argument", "environment"):
+        argv = ["make", "-n", "seeds", "SEEDS=3", "CLASS=dog"]
+        env = dict(os.environ)
+        if how == "argument":
+            argv.append(f"CUTBG_RUNS={runs_dir}")
+        else:
+            env["CUTBG_RUNS"] = str(runs_dir)
+        out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env)
+        assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
+        lines = [ln for ln in out.stdout.splitlines() if " -m train agent" in ln]
+        assert [ln.split("--seed ")[1].split()[0] for ln in lines] == ["1", "2"], out.stdout
+
+
 # -- progress bars with true totals ----------------------------------------------------------
 def test_training_bar_counts_the_planned_episodes_to_100_percent(tmp_path: Path) -> None:
     from train.schedules import EpochCallback, EpochClock
