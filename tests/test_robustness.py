@@ -573,6 +573,38 @@ def test_a_run_being_trained_is_named(tmp_path: Path) -> None:
         assert runs.training_owner(run)["run_id"] == "r3"
 
 
+def test_a_second_classifier_training_of_the_dataset_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``train classifier`` holds the lock of the checkpoint it writes, as ``train agent`` holds
+    its run folder's: a second one into the same checkpoint stops before any work."""
+    import train.classifier
+
+    def no_training(*args: object) -> None:
+        raise AssertionError("the classifier trained without the checkpoint's lock")
+
+    monkeypatch.setattr(train.classifier, "_train_classifier", no_training)
+    monkeypatch.setenv("CUTBG_RUNS", str(tmp_path / "runs"))
+    ckpt = paths.classifier_path("animals")
+    assert ckpt == tmp_path / "runs" / "animals" / "classifier.pt"
+    for argv in (["classifier"], ["classifier", "--checkpoint", str(tmp_path / "c.pt")]):
+        held = Path(argv[-1]) if len(argv) > 1 else ckpt
+        with runs.run_lock(held, "r1"):
+            owner = json.loads(runs.owner_file(held).read_text())
+            assert train_main([*argv, "--minutes", "0.01"]) == 2
+            assert one_error_line(capsys) == (
+                f"{held} is being trained by pid {os.getpid()} on {owner['host']} (run r1, "
+                f"started {owner['started']}): wait for it to finish, or train into another "
+                "--checkpoint"
+            )
+        assert not held.exists() and not runs.owner_file(held).exists()
+    # a free checkpoint: the training runs (here the stub), inside the lock, which it releases
+    with pytest.raises(AssertionError, match="without the checkpoint's lock"):
+        train.classifier.train_classifier(train.classifier.ClassifierArgs(minutes=0.01))
+    with runs.run_lock(ckpt, "r2"):
+        assert runs.training_owner(ckpt)["run_id"] == "r2"
+
+
 def test_stale_owner_file_of_a_killed_training_is_ignored(tmp_path: Path) -> None:
     run = tmp_path / "dog"
     run.mkdir()

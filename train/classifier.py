@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from cutbg_env import checks
+from cutbg_env import checks, runs
 from cutbg_env.backbone import (
     BackboneConfig,
     Classifier,
@@ -328,9 +328,19 @@ def train_classifier(args: ClassifierArgs) -> Path:
 
     After loading, what is left of ``--minutes`` less ``EVAL_RESERVE_S`` per stage (its
     test-set AP) is split between the stages' training in their proportions
-    (:func:`training_seconds`)."""
+    (:func:`training_seconds`).
+
+    The checkpoint belongs to this training while it runs (:func:`~cutbg_env.runs.run_lock`
+    on it): a second training into the same ``--checkpoint`` raises
+    :class:`~cutbg_env.errors.RunBusyError` naming the first one's process."""
     t_enter = time.monotonic()
     ckpt = args.classifier_file()
+    with runs.run_lock(ckpt, runs.new_run_id(), "train into another --checkpoint"):
+        return _train_classifier(args, ckpt, t_enter)
+
+
+def _train_classifier(args: ClassifierArgs, ckpt: Path, t_enter: float) -> Path:
+    """:func:`train_classifier` inside the checkpoint's lock (``t_enter``: its start)."""
     stages = args.stages()
     fingerprint = _fingerprint(args)
     if ckpt.exists() and not args.force:
