@@ -481,6 +481,15 @@ def test_no_positive_test_image_says_so(
         one_error_line(capsys),
     )
     assert not (tmp_path / "res").exists()
+    # several classes, none with a positive image (one without is only a warning)
+    shutil.copytree(own_runs / "dog", own_runs / "bird")
+    argv = ["--classes", "bird,dog", "--split", "trainval", "--max-images", str(first)]
+    assert eval_main([*argv, "--out", str(tmp_path / "res")]) == 2
+    assert re.fullmatch(
+        rf"none of the {first} evaluated trainval images of .* holds any of bird, dog: their "
+        r"AP and CorLoc are undefined; .*",
+        one_error_line(capsys),
+    )
 
 
 # -- run folders: one run each -----------------------------------------------------------------
