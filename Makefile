@@ -78,7 +78,10 @@ train-class-%: $(STAMP)
 # missing, then reports every row over the seeds.
 # The dataset's folder under runs/ (cutbg_env.paths.dataset_key: a folder path gets a hash).
 RUNS_KEY = $(if $(findstring /,$(DATASET)),$(shell $(PY) -c "import sys; from cutbg_env.paths import dataset_key; print(dataset_key(sys.argv[1]))" '$(DATASET)'),$(DATASET))
-RUNS_DIR = $(or $(CUTBG_RUNS),runs)/$(RUNS_KEY)
+# A target name cannot be quoted: spaces of CUTBG_RUNS (CUTBG_RUNS='/a b') are escaped (\ ).
+empty :=
+space := $(empty) $(empty)
+RUNS_DIR = $(subst $(space),\$(space),$(or $(CUTBG_RUNS),runs))/$(RUNS_KEY)
 SEED_LIST = $(shell seq 0 $$(($(or $(SEEDS),1) - 1)))
 seed_zip = $(RUNS_DIR)/$(1)/$(if $(filter 0,$(2)),,seeds/seed_$(2)/)agent.zip
 SEED_ZIPS = $(foreach c,$(EVAL_CLASSES),$(foreach n,$(SEED_LIST),$(call seed_zip,$(c),$(n))))

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextvars
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from cutbg_env.errors import OptionError
 
@@ -56,9 +57,11 @@ def real(
     hi: float | None = None,
     lo_open: bool = False,
     hi_open: bool = False,
+    required: bool = False,
 ) -> None:
-    """``value`` is a finite number within ``lo``..``hi`` (each bound open or closed)."""
-    if value is None or _DEFERRED.get():
+    """``value`` is a finite number within ``lo``..``hi`` (each bound open or closed);
+    ``None`` passes unless ``required``."""
+    if (value is None and not required) or _DEFERRED.get():
         return
     if hi is None:
         bounds = "" if lo is None else f" {'>' if lo_open else '≥'} {lo:g}"
@@ -74,9 +77,44 @@ def real(
         raise OptionError(f"{_named(name, value)}: must be a finite number{bounds}")
 
 
-def positive(name: str, value: float | None) -> None:
+def positive(name: str, value: float | None, required: bool = False) -> None:
     """``value`` is a finite number > 0."""
-    real(name, value, 0.0, lo_open=True)
+    real(name, value, 0.0, lo_open=True, required=required)
+
+
+def delta(name: str, value: float | None, required: bool = False) -> None:
+    """δ, the score-drop threshold (a cut is within it when ``p̄ − p̂ ≤ δ``): a finite number in
+    [0, 1]. A negative δ would refuse even a drop of 0, so every episode would end at its first
+    cut."""
+    real(name, value, 0.0, 1.0, required=required)
+
+
+def share(name: str, value: float | None, note: str = "") -> None:
+    """A share of a whole that must leave some of it: a finite number in [0, 1); ``note`` is
+    added in parentheses (``--finetune-share 1.0: must be in [0, 1) (0 = no fine-tune stage)``)."""
+    if value is None or _DEFERRED.get():
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and 0 <= value < 1):
+        raise OptionError(
+            f"{_named(name, value)}: must be in [0, 1)" + (f" ({note})" if note else "")
+        )
+
+
+ENV_ATTRS: dict[str, Callable[[str, Any, bool], None]] = {"delta": delta, "eta": positive}
+"""The episode rules an env checks (its constructor, and the vector envs' ``set_attr``)."""
+
+
+def env_attr(name: str, value: Any) -> Any:
+    """Check a value given to an env's attribute ``name`` after construction (``set_attr``):
+    the constructor's check of :data:`ENV_ATTRS` (``None`` refused: there is no default to fall
+    back on), as ``delta=nan: must be a finite number in [0, 1]``. Returns the value to set
+    (a float for the checked ones)."""
+    check = ENV_ATTRS.get(name)
+    if check is None:
+        return value
+    check(f"{name}=", value, True)
+    return float(value)
 
 
 def integer(name: str, value: int | None, lo: int, hi: int | None = None) -> None:

@@ -100,7 +100,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
       :class:`cutbg_env.world.CutWorld`. ``checkpoint=None`` reads ``runs/<dataset>/classifier.pt``,
       else on ``"animals"`` the classifier shipped with the package; on other datasets a missing
       file raises an error saying which command creates it.
-    * ``delta``: the score-drop threshold δ; ``None`` reads the calibrated per-class value from
+    * ``delta``: the score-drop threshold δ, in [0, 1]; ``None`` reads the calibrated per-class value from
       ``runs/<dataset>/calibration.json`` (``python -m train calibrate``), else, with the shipped
       classifier, the shipped calibration's (:mod:`cutbg_env.shipped`), else 0.1.
     * ``eta``: η, the absolute reward of the stop action.
@@ -146,7 +146,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r}: supported modes are ['rgb_array']")
-        checks.real("delta=", delta, -1.0, 1.0)  # the range of the drop p̄ − p̂ it bounds
+        checks.delta("delta=", delta)
         checks.positive("eta=", eta)
         checks.integer("max_images=", max_images, 1)
         self.num_threads = configure_threads(num_threads)

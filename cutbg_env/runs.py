@@ -173,9 +173,13 @@ def _describe(owner: dict) -> str:
 
 
 @contextmanager
-def run_lock(run_dir: Path, run_id: str) -> Iterator[None]:
+def run_lock(
+    run_dir: Path, run_id: str, elsewhere: str = "train into another folder with --out"
+) -> Iterator[None]:
     """Hold the run folder's lock while training; another training of the folder raises
-    :class:`RunBusyError` naming the holder and ``--out``."""
+    :class:`RunBusyError` naming the holder and ``elsewhere`` (how to train somewhere else).
+    ``run_dir`` may be a file that a training writes (the classifier's checkpoint): its lock
+    lies beside it too."""
     from filelock import FileLock, Timeout
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +190,7 @@ def run_lock(run_dir: Path, run_id: str) -> Iterator[None]:
         owner = training_owner(run_dir) or {}
         raise RunBusyError(
             f"{run_dir} is being trained by {_describe(owner)}: wait for it to finish, or "
-            "train into another folder with --out"
+            f"{elsewhere}"
         ) from None
     try:
         owner = {

@@ -23,7 +23,9 @@ over this class. ``reset(options={"reset_mask": mask})`` resets only the masked 
 
 ``get_attr`` / ``set_attr`` / ``call`` act on the sub-envs: ``set_attr("eta", 5.0)`` (or a list
 of one value per sub-env) changes the η of each sub-env's episodes from its next episode on;
-``delta`` and ``terminate_on_drop`` likewise. Attributes that shape the shared observation space
+``delta`` and ``terminate_on_drop`` likewise. ``delta`` and ``eta`` get the constructor's checks
+(``delta=nan: must be a finite number in [0, 1]``, :class:`~cutbg_env.errors.OptionError`).
+Attributes that shape the shared observation space
 or world (``obs_dtype``, ``observe_score``, the spaces, ``world``) cannot be set.
 """
 
@@ -36,7 +38,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from cutbg_env import MAX_EPISODE_STEPS
+from cutbg_env import MAX_EPISODE_STEPS, checks
 from cutbg_env.env import CutBackgroundEnv, parse_action
 from cutbg_env.episode import stack_obs, step_episodes
 from cutbg_env.world import CutWorld
@@ -243,6 +245,8 @@ class CutBackgroundVectorEnv(VectorEnv):
             values = [values] * len(indices)
         if len(values) != len(indices):
             raise ValueError(f"set_attr({name!r}): {len(values)} values for {len(indices)} envs")
+        # the constructor's checks, every value before any is set
+        values = [checks.env_attr(name, v) for v in values]
         for i, value in zip(indices, values, strict=True):
             setattr(self.envs[i], name, value)
 

@@ -19,6 +19,11 @@ reports the mean over seeds, the standard deviation and a 95 % bootstrap confide
 (:func:`~cutbg_env.metrics.seed_summary`); the rows without an agent are computed once per δ and
 heat-map setting.
 
+A class with no positive image among the evaluated ones (no object not marked difficult) has
+no AP or CorLoc: with other classes that have one, it is evaluated no further, its entries are
+``null`` in eval.json and ``–`` in eval.md, it is left out of the means, and a warning line
+says so (``unmeasurable`` in eval.json names it); without any such class it is an error.
+
 The confidence of every box is the full-image score ``p̄(c|x)`` (the paper's definition). Every
 rule-based row of a class runs at the δ its agent was trained with (its ``config.json``).
 """
@@ -38,7 +43,7 @@ from cutbg_env import checks, paths
 from cutbg_env.backbone import load_classifier
 from cutbg_env.calibration import load_calibration
 from cutbg_env.cli import StageArgs
-from cutbg_env.data import dataset_splits, open_split
+from cutbg_env.data import VOCDataset, dataset_splits, open_split
 from cutbg_env.errors import CheckpointError, DataError
 from cutbg_env.geometry import FULL_CROP, crop_to_box
 from cutbg_env.io import check_writable, log, relpath, remove_stale_temps, write_json, write_text
@@ -142,6 +147,12 @@ def ensemble_members(dataset: str, classes: Sequence[str]) -> dict[str, list[Pat
             f"with `{paths.make_command('seeds', dataset, CLASS=lacking[0], SEEDS=10)}`"
         )
     return members
+
+
+def has_positive(data: VOCDataset, cls: str, indices: Sequence[int]) -> bool:
+    """Whether one of the images ``indices`` holds a ``cls`` object not marked difficult (VOC's
+    AP and CorLoc ignore the difficult ones): else the class's AP and CorLoc are undefined."""
+    return any(not difficult for i in indices for _, difficult in data.gt_boxes(i, cls))
 
 
 def _windows(n: int) -> np.ndarray:
@@ -282,13 +293,23 @@ def run(args: EvalArgs) -> dict:
     hint = paths.make_command("train-classifier", args.dataset)
     model, _ = load_classifier(args.classifier_file(), args.device, hint=hint)
     indices = list(range(len(data)))[: args.max_images]
-    for c in classes:
-        if not any(data.gt_boxes(i, c) for i in indices):
-            raise DataError(
-                f"none of the {len(indices)} evaluated {split} images of {data.root} holds a "
-                f"{c}: its AP and CorLoc are undefined; evaluate more images (--max-images) or "
-                "another split, or leave the class out (--classes)"
-            )
+    unmeasurable = [c for c in classes if not has_positive(data, c, indices)]
+    if len(unmeasurable) == len(classes):
+        named = (
+            f"a {classes[0]}: its" if len(classes) == 1 else f"any of {', '.join(classes)}: their"
+        )
+        raise DataError(
+            f"none of the {len(indices)} evaluated {split} images of {data.root} holds {named} "
+            "AP and CorLoc are undefined; evaluate more images (--max-images) or another split, "
+            "or leave the class out (--classes)"
+        )
+    for c in unmeasurable:
+        log(
+            f"warning: {c}: none of the {len(indices)} evaluated {split} images holds a {c} (no "
+            "positive image): its AP and CorLoc are not measurable (– in eval.md, null in "
+            "eval.json) and left out of the means"
+        )
+    measured = [c for c in classes if c not in unmeasurable]
     out = Path(args.out)
     if args.ensemble and args.seeds > 1:
         ensembles = {c: [agents[c, n] for n in seeds] for c in classes}
@@ -307,7 +328,7 @@ def run(args: EvalArgs) -> dict:
     caches: dict[str, dict] = {c: {} for c in classes}
     n_methods = len(METHODS) * len(seeds) + len(ENSEMBLE_METHODS) * bool(ensembles)
     bar = tqdm(
-        total=len(indices) * n_methods * len(classes),
+        total=len(indices) * n_methods * len(measured),
         desc="evaluating",
         unit="image",
         disable=not args.progress,
@@ -318,7 +339,7 @@ def run(args: EvalArgs) -> dict:
         settings, how = evaluation_settings(tables, calibration)
         log(f"refinement heat-map{f' (seed {n})' if args.seeds > 1 else ''}: {how}")
         per_class = {}
-        for cls in classes:
+        for cls in measured:
             log(
                 f"evaluating {cls}{f' seed {n}' if args.seeds > 1 else ''} on {len(indices)} {split} images"
             )
@@ -340,7 +361,7 @@ def run(args: EvalArgs) -> dict:
                     plot_pr_curve(
                         *v["pr"], out / "pr" / f"{cls}_{m}.png", f"{cls} / {m}: AP {v['ap']:.1f}"
                     )
-        per_seed.append(seed_rows(per_class, methods))
+        per_seed.append(seed_rows(per_class, methods, classes))
         settings_of.append({c: setting_key(settings[c]) for c in classes})
         how_of.append(how)
         deltas_of.append({c: trained_delta(agents[c, n]) for c in classes})
@@ -357,6 +378,11 @@ def run(args: EvalArgs) -> dict:
             "source": {c: relpath(agents[c, 0].parent / paths.CONFIG_FILE) for c in classes},
         },
     }
+    if unmeasurable:
+        result["unmeasurable"] = {
+            c: f"none of the {len(indices)} evaluated {split} images holds a {c}"
+            for c in unmeasurable
+        }
     if ensembles:
         result["ensemble"] = {c: [relpath(z) for z in zips] for c, zips in ensembles.items()}
     if args.seeds == 1:
@@ -368,7 +394,7 @@ def run(args: EvalArgs) -> dict:
             "delta": deltas_of,
             "agents": {c: [relpath(agents[c, n]) for n in seeds] for c in classes},
         }
-        result |= over_seeds(per_seed, methods, classes)
+        result |= over_seeds(per_seed, methods, measured)
     write_json(out / "eval.json", result)
     md = markdown_table(result)
     write_text(out / "eval.md", md)

@@ -40,23 +40,33 @@ def score_boxes(res: dict[str, dict], data, cls: str, indices: list[int]) -> dic
     return out
 
 
-def seed_rows(per_class: dict[str, dict[str, dict]], methods: Sequence[str]) -> dict[str, dict]:
-    """One seed's rows: per method, AP / CorLoc per class and their means over classes."""
+def seed_rows(
+    per_class: dict[str, dict[str, dict]],
+    methods: Sequence[str],
+    classes: Sequence[str] | None = None,
+) -> dict[str, dict]:
+    """One seed's rows: per method, AP / CorLoc per class and their means over classes.
+
+    ``classes`` (default: those of ``per_class``) orders the per-class entries; one without
+    scores in ``per_class`` (no positive image: not measurable) is ``None`` there and left out
+    of the means."""
+    order = list(per_class) if classes is None else list(classes)
     rows = {}
     for m in methods:
         cells = {c: per_class[c][m] for c in per_class if m in per_class[c]}
         if not cells:
             continue
-        ap = {c: v["ap"] for c, v in cells.items()}
-        ap07 = {c: v["ap07"] for c, v in cells.items()}
-        cl = {c: v["corloc"] for c, v in cells.items()}
+
+        def entry(key: str, cells: dict[str, dict] = cells) -> dict[str, float | None]:
+            return {c: cells[c][key] if c in cells else None for c in order}
+
         rows[m] = {
-            "ap": ap,
-            "ap07": ap07,
-            "map": float(np.mean(list(ap.values()))),
-            "map07": float(np.mean(list(ap07.values()))),
-            "corloc": cl,
-            "mean_corloc": float(np.mean(list(cl.values()))),
+            "ap": entry("ap"),
+            "ap07": entry("ap07"),
+            "map": float(np.mean([v["ap"] for v in cells.values()])),
+            "map07": float(np.mean([v["ap07"] for v in cells.values()])),
+            "corloc": entry("corloc"),
+            "mean_corloc": float(np.mean([v["corloc"] for v in cells.values()])),
             "calls_per_image": float(np.mean([v["calls"] for v in cells.values()])),
             "seconds_per_image": float(np.mean([v["seconds"] for v in cells.values()])),
         }
@@ -127,15 +137,28 @@ def markdown_table(result: dict) -> str:
         lines.append(
             f"| {m} | {r['map']:.1f} | {r['map07']:.1f} | {r['mean_corloc']:.1f} | "
             f"{r['calls_per_image']:.1f} | {1000 * r['seconds_per_image']:.1f} | "
-            + " | ".join(f"{r['ap'][c]:.1f}" for c in classes)
+            + " | ".join(_cell(r["ap"][c]) for c in classes)
             + " |"
         )
     return "\n".join(lines + _notes(result)) + "\n"
 
 
+NOT_MEASURED = "–"
+"""The table's entry of a class that has no positive image (``null`` in eval.json)."""
+
+
+def _cell(value: float | None) -> str:
+    return NOT_MEASURED if value is None else f"{value:.1f}"
+
+
 def _notes(result: dict) -> list[str]:
-    """The lines under the table: heat-map setting, δ, ensemble sizes."""
+    """The lines under the table: classes not measured, heat-map setting, δ, ensemble sizes."""
     lines: list[str] = []
+    for c, why in result.get("unmeasurable", {}).items():
+        lines += [
+            "",
+            f"{c}: {NOT_MEASURED}, not measurable ({why}); left out of the means.",
+        ]
     ref = result.get("refinement")
     if ref:
         chosen = ", ".join(f"{c} {k}" for c, k in ref["settings"].items())

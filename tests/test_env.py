@@ -1,7 +1,8 @@
 """Tests of ``CutBackground-v0``: API conformance, determinism, rewards and errors.
 
 A random-init classifier scores the tiny generated dataset: its scores sit near 0.5 and move
-little, so δ picks the outcome (δ = 1 never ends on a drop, δ = -1 ends on every cut).
+little, so δ picks the outcome (δ = 1 never ends on a drop; with the whole-map score raised by
+``tiny.raise_full_scores``, δ = 0 ends on every cut).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tiny import (
     make_registered,
     make_tiny_checkpoint,
     pick_class,
+    raise_full_scores,
     tiny_env_kwargs,
 )
 from torch import equal as torch_equal
@@ -577,12 +579,16 @@ def _cut_drops(world: CutWorld, env_kwargs: dict) -> list[list[float]]:
 
 
 @pytest.mark.parametrize("which", ["first", "all"])
-def test_rewards_follow_scores(world: CutWorld, env_kwargs: dict, which: str) -> None:
+def test_rewards_follow_scores(
+    world: CutWorld, env_kwargs: dict, which: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Rewards, termination and p̂ agree with ``world.score_crops`` of the crop, for real scores.
 
-    The random classifier's drops are tiny (~1e-4) and of either sign, so δ is taken from them:
-    the median of the episodes' first-cut drops (some episodes then start with a rewarded cut,
-    others end on their first cut) or the median of all drops."""
+    The random classifier's drops are tiny (~1e-4) and of either sign: with p̄ raised by 0.01
+    they are all positive, and δ (≥ 0) is taken from them: the median of the episodes'
+    first-cut drops (some episodes then start with a rewarded cut, others end on their first
+    cut) or the median of all drops."""
+    raise_full_scores(monkeypatch, 0.01)
     drops = _cut_drops(world, env_kwargs)
     firsts = [d[0] for d in drops if d]
     delta = float(np.median(firsts if which == "first" else [x for d in drops for x in d]))
@@ -621,16 +627,24 @@ def test_rewards_follow_scores(world: CutWorld, env_kwargs: dict, which: str) ->
     assert signs
 
 
-def test_delta_extremes_on_real_env(world: CutWorld, env_kwargs: dict) -> None:
-    env = shared_env(world, env_kwargs, delta=-1.0)  # every effective cut "drops" too much
+def test_delta_extremes_on_real_env(
+    world: CutWorld, env_kwargs: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raise_full_scores(monkeypatch)  # every effective cut drops p̄ − p̂ ≈ 0.05 > 0
+    env = shared_env(world, env_kwargs, delta=0.0)
     env.reset(seed=0)
     _, reward, terminated, _, info = env.step(Action.LEFT_2)
-    assert (reward, terminated) == (-2.0, True)
+    assert (reward, terminated) == (-2.0, True) and info["drop"] > 0
     assert info["crop"] == (2, 0, 28, 28) and info["last_valid_crop"] == FULL_CROP
     env.reset(seed=0)
-    assert env.step(Action.STOP)[1:3] == (-3.0, True)
-    env = shared_env(world, env_kwargs, delta=1.0)
+    assert env.step(Action.STOP)[1:3] == (3.0, True)  # a drop of 0 is within δ = 0
+    env = shared_env(world, env_kwargs, delta=0.0, terminate_on_drop=False)
     env.reset(seed=0)
+    assert env.step(Action.LEFT_2)[1:3] == (-2.0, False)
+    assert env.step(Action.STOP)[1:3] == (-3.0, True)  # stopping past δ
+    env = shared_env(world, env_kwargs, delta=1.0)  # no drop exceeds 1
+    env.reset(seed=0)
+    assert env.step(Action.LEFT_2)[1:3] == (2.0, False)
     assert env.step(Action.STOP)[1:3] == (3.0, True)
 
 
@@ -761,7 +775,7 @@ def test_bad_action(world: CutWorld, env_kwargs: dict) -> None:
     assert env.unwrapped._episode.steps == 1
 
 
-def test_step_after_end(world: CutWorld, env_kwargs: dict) -> None:
+def test_step_after_end(world: CutWorld, env_kwargs: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     env = gym.make(ALL_IDS[0], world=world, **env_kwargs)
     env.reset(seed=0)
     assert env.step(Action.STOP)[2] is True
@@ -769,7 +783,8 @@ def test_step_after_end(world: CutWorld, env_kwargs: dict) -> None:
         RuntimeError, match=r"step\(\) called after the episode ended: call reset\(\) first"
     ):
         env.step(Action.UP_1)
-    raw = shared_env(world, env_kwargs, delta=-1.0)
+    raise_full_scores(monkeypatch)  # every effective cut is past δ = 0
+    raw = shared_env(world, env_kwargs, delta=0.0)
     raw.reset(seed=0)
     assert raw.step(Action.UP_1)[2] is True  # ended by the score drop
     with pytest.raises(RuntimeError, match=r"step\(\) called after the episode ended"):

@@ -98,6 +98,43 @@ def test_eval_writes_every_method_and_file(tiny_pipeline: dict) -> None:
 
 
 @slow
+def test_a_class_without_positive_image_is_not_measured(
+    own_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The first 8 trainval images hold two dogs and no bird: the dog is evaluated, the bird's
+    entries are null / "–" with one warning line, and the means are the dog's."""
+    shutil.copytree(own_runs / "dog", own_runs / "bird")  # an agent of the bird: the dog's
+    out = tmp_path / "results"
+    argv = ["--classes", "dog,bird", "--split", "trainval", "--max-images", "8"]
+    argv += ["--exhaustive-windows", "4", "--figures", "0", "--no-progress", "--out", str(out)]
+    assert eval_main(argv) == 0
+    err = capsys.readouterr().err
+    assert [ln for ln in err.splitlines() if ln.startswith("warning")] == [
+        "warning: bird: none of the 8 evaluated trainval images holds a bird (no positive "
+        "image): its AP and CorLoc are not measurable (– in eval.md, null in eval.json) and "
+        "left out of the means"
+    ]
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["classes"] == ["dog", "bird"]
+    assert saved["unmeasurable"] == {"bird": "none of the 8 evaluated trainval images holds a bird"}
+    for m in METHODS:
+        row = saved[m]
+        assert list(row["ap"]) == ["dog", "bird"]  # the order of --classes
+        assert row["ap"]["bird"] is row["ap07"]["bird"] is row["corloc"]["bird"] is None
+        assert row["map"] == row["ap"]["dog"] and row["map07"] == row["ap07"]["dog"]
+        assert row["mean_corloc"] == row["corloc"]["dog"] in {0.0, 50.0, 100.0}  # 2 dogs
+        assert (out / "pr" / f"dog_{m}.png").is_file()
+    assert not list((out / "pr").glob("bird_*"))
+    md = (out / "eval.md").read_text()
+    assert "| AP dog | AP bird |" in md
+    assert all(ln.endswith(" | – |") for ln in md.splitlines() if ln.startswith("| agent"))
+    assert (
+        "bird: –, not measurable (none of the 8 evaluated trainval images holds a bird); left "
+        "out of the means." in md
+    )
+
+
+@slow
 def test_eval_uses_the_agents_training_delta(
     own_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,8 +15,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 import torch
+from tiny import dataset_classes, make_tiny_checkpoint, tiny_env_kwargs
 
 from cutbg_env import checks, paths, runs
 from cutbg_env.calibration import load_calibration
@@ -29,6 +31,7 @@ from cutbg_env.errors import (
     reason,
 )
 from cutbg_env.io import atomic_path, check_writable, remove_stale_temps, write_json
+from cutbg_env.world import CutWorld
 from evaluate.__main__ import main as eval_main
 from evaluate.run import EvalArgs
 from train.__main__ import main as train_main
@@ -87,6 +90,27 @@ def dead_pid() -> int:
         ),
         (ClassifierArgs, {"minutes": 0.0}, "--minutes 0.0: must be a finite number > 0"),
         (ClassifierArgs, {"lr": -1.0}, "--lr -1.0: must be a finite number > 0"),
+        (
+            ClassifierArgs,
+            {"finetune_share": 1.0},
+            "--finetune-share 1.0: must be in [0, 1) (0 = no fine-tune stage)",
+        ),
+        (
+            ClassifierArgs,
+            {"finetune_share": float("nan")},
+            "--finetune-share nan: must be in [0, 1) (0 = no fine-tune stage)",
+        ),
+        (
+            ClassifierArgs,
+            {"finetune_share": -0.1},
+            "--finetune-share -0.1: must be in [0, 1) (0 = no fine-tune stage)",
+        ),
+        (
+            ClassifierArgs,
+            {"finetune_cutmix": 1.5},
+            "--finetune-cutmix 1.5: must be a finite number in [0, 1]",
+        ),
+        (ClassifierArgs, {"finetune_lr": 0.0}, "--finetune-lr 0.0: must be a finite number > 0"),
     ],
 )
 def test_bad_values_are_refused_by_the_config(cls: type, kwargs: dict, message: str) -> None:
@@ -123,6 +147,10 @@ def test_cuda_without_a_gpu_is_one_line(capsys: pytest.CaptureFixture) -> None:
         (["agent", "--epochs", "-1"], "--epochs -1: must be an integer ≥ 0"),
         (["agent", "--lr-start", "0"], "--lr-start 0.0: must be a finite number > 0"),
         (["calibrate", "--fraction", "0"], "--fraction 0.0: must be a finite number in (0, 0.05]"),
+        (
+            ["classifier", "--finetune-share", "1"],
+            "--finetune-share 1.0: must be in [0, 1) (0 = no fine-tune stage)",
+        ),
     ],
 )
 def test_train_cli_bad_values_are_one_line(
@@ -142,9 +170,10 @@ def test_eval_cli_bad_values_are_one_line(capsys: pytest.CaptureFixture) -> None
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"delta": float("nan")}, "delta=nan: must be a finite number in [-1, 1]"),
-        ({"delta": -1.5}, "delta=-1.5: must be a finite number in [-1, 1]"),
-        ({"delta": 2.0}, "delta=2.0: must be a finite number in [-1, 1]"),
+        ({"delta": float("nan")}, "delta=nan: must be a finite number in [0, 1]"),
+        ({"delta": -1}, "delta=-1: must be a finite number in [0, 1]"),
+        ({"delta": -0.01}, "delta=-0.01: must be a finite number in [0, 1]"),
+        ({"delta": 2.0}, "delta=2.0: must be a finite number in [0, 1]"),
         ({"eta": float("nan")}, "eta=nan: must be a finite number > 0"),
         ({"max_images": 0}, "max_images=0: must be an integer ≥ 1"),
         ({"max_images": -1}, "max_images=-1: must be an integer ≥ 1"),
@@ -160,6 +189,69 @@ def test_env_constructor_checks_its_values(kwargs: dict, message: str) -> None:
     if "max_images" in kwargs:
         with pytest.raises(OptionError, match=f"^{re.escape(message)}$"):
             CutWorld("/nonexistent/set", max_images=kwargs["max_images"])
+
+
+def test_gym_make_refuses_a_negative_delta() -> None:
+    """δ bounds a score drop: δ = -1 would end every episode at its first cut."""
+    with pytest.raises(OptionError, match=r"^delta=-1: must be a finite number in \[0, 1\]$"):
+        gym.make("CutBackground-v0", delta=-1)
+
+
+@pytest.fixture(scope="module")
+def vector_kwargs(tiny_animals: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    ckpt = tmp_path_factory.mktemp("ckpt") / "classifier.pt"
+    return tiny_env_kwargs(
+        tiny_animals, make_tiny_checkpoint(ckpt, dataset_classes(tiny_animals)), "dog"
+    )
+
+
+@pytest.fixture(scope="module")
+def vector_world(vector_kwargs: dict) -> CutWorld:
+    k = vector_kwargs
+    return CutWorld(k["dataset"], "trainval", k["class_name"], k["checkpoint"])
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("delta", float("nan"), "delta=nan: must be a finite number in [0, 1]"),
+        ("delta", -1.0, "delta=-1.0: must be a finite number in [0, 1]"),
+        ("delta", 1.5, "delta=1.5: must be a finite number in [0, 1]"),
+        ("delta", None, "delta=None: must be a finite number in [0, 1]"),
+        ("delta", "0.1", "delta='0.1': must be a finite number in [0, 1]"),
+        ("eta", float("inf"), "eta=inf: must be a finite number > 0"),
+        ("eta", 0.0, "eta=0.0: must be a finite number > 0"),
+    ],
+)
+def test_vector_envs_set_attr_checks_like_the_constructor(
+    vector_kwargs: dict, vector_world: CutWorld, name: str, value: object, message: str
+) -> None:
+    """``set_attr``/``set_attr_at`` (Gymnasium) and ``set_attr`` (SB3) refuse what the
+    constructor refuses, with its message, and set no value of a list with a bad one."""
+    from cutbg_env.vec_env import BatchedCutBackgroundVecEnv
+    from cutbg_env.vector import CutBackgroundVectorEnv
+
+    match = f"^{re.escape(message)}$"
+    vector = CutBackgroundVectorEnv(2, world=vector_world, **vector_kwargs)
+    sb3 = BatchedCutBackgroundVecEnv(2, world=vector_world, **vector_kwargs)
+    before = vector.get_attr(name)
+    with pytest.raises(OptionError, match=match):
+        vector.set_attr(name, value)
+    with pytest.raises(OptionError, match=match):
+        vector.set_attr(name, [0.5, value])
+    with pytest.raises(OptionError, match=match):
+        vector.set_attr_at(name, [value], [1])
+    assert vector.get_attr(name) == before  # the good value of the list was not set either
+    with pytest.raises(OptionError, match=match):
+        sb3.set_attr(name, value, indices=[1])
+    assert sb3.get_attr(name) == list(before)
+    if value is not None:  # None is the constructor's "calibrated δ"
+        with pytest.raises(OptionError, match=match):
+            CutBackgroundVectorEnv(2, world=vector_world, **{**vector_kwargs, name: value})
+    vector.set_attr(name, 1)  # a good value is set, as a float like the constructor's
+    sb3.set_attr(name, 0.5, indices=[0])
+    assert vector.get_attr(name) == (1.0, 1.0) and sb3.get_attr(name) == [0.5, before[1]]
+    assert isinstance(vector.get_attr(name)[0], float)
 
 
 # -- files: umask, read-only outputs, temp files of killed processes, unwritable folders ----
@@ -389,6 +481,15 @@ def test_no_positive_test_image_says_so(
         one_error_line(capsys),
     )
     assert not (tmp_path / "res").exists()
+    # several classes, none with a positive image (one without is only a warning)
+    shutil.copytree(own_runs / "dog", own_runs / "bird")
+    argv = ["--classes", "bird,dog", "--split", "trainval", "--max-images", str(first)]
+    assert eval_main([*argv, "--out", str(tmp_path / "res")]) == 2
+    assert re.fullmatch(
+        rf"none of the {first} evaluated trainval images of .* holds any of bird, dog: their "
+        r"AP and CorLoc are undefined; .*",
+        one_error_line(capsys),
+    )
 
 
 # -- run folders: one run each -----------------------------------------------------------------
@@ -481,6 +582,38 @@ def test_a_run_being_trained_is_named(tmp_path: Path) -> None:
         assert runs.training_owner(run)["run_id"] == "r3"
 
 
+def test_a_second_classifier_training_of_the_dataset_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``train classifier`` holds the lock of the checkpoint it writes, as ``train agent`` holds
+    its run folder's: a second one into the same checkpoint stops before any work."""
+    import train.classifier
+
+    def no_training(*args: object) -> None:
+        raise AssertionError("the classifier trained without the checkpoint's lock")
+
+    monkeypatch.setattr(train.classifier, "_train_classifier", no_training)
+    monkeypatch.setenv("CUTBG_RUNS", str(tmp_path / "runs"))
+    ckpt = paths.classifier_path("animals")
+    assert ckpt == tmp_path / "runs" / "animals" / "classifier.pt"
+    for argv in (["classifier"], ["classifier", "--checkpoint", str(tmp_path / "c.pt")]):
+        held = Path(argv[-1]) if len(argv) > 1 else ckpt
+        with runs.run_lock(held, "r1"):
+            owner = json.loads(runs.owner_file(held).read_text())
+            assert train_main([*argv, "--minutes", "0.01"]) == 2
+            assert one_error_line(capsys) == (
+                f"{held} is being trained by pid {os.getpid()} on {owner['host']} (run r1, "
+                f"started {owner['started']}): wait for it to finish, or train into another "
+                "--checkpoint"
+            )
+        assert not held.exists() and not runs.owner_file(held).exists()
+    # a free checkpoint: the training runs (here the stub), inside the lock, which it releases
+    with pytest.raises(AssertionError, match="without the checkpoint's lock"):
+        train.classifier.train_classifier(train.classifier.ClassifierArgs(minutes=0.01))
+    with runs.run_lock(ckpt, "r2"):
+        assert runs.training_owner(ckpt)["run_id"] == "r2"
+
+
 def test_stale_owner_file_of_a_killed_training_is_ignored(tmp_path: Path) -> None:
     run = tmp_path / "dog"
     run.mkdir()
@@ -502,6 +635,28 @@ def test_makefile_quotes_the_dataset_path() -> None:
         paths.make_command("train", "/a b/c", CLASS="dog")
         == "make train CLASS=dog DATASET='/a b/c'"
     )
+
+
+def test_makefile_seeds_accept_a_runs_folder_with_spaces(tmp_path: Path) -> None:
+    """``make seeds`` names each seed's agent.zip under ``$CUTBG_RUNS`` as a target: a folder
+    with a space used to split it in two targets (make's "overriding recipe" warnings, every seed
+    retrained). An existing zip is kept, the missing seeds are trained."""
+    runs_dir = tmp_path / "my runs"
+    (runs_dir / "animals" / "dog").mkdir(parents=True)
+    zip_path = runs_dir / "animals" / "dog" / "agent.zip"
+    zip_path.write_bytes(b"")
+    os.utime(zip_path, (0, 0))  # older than anything: still not retrained (order-only prereq)
+    for how in ("argument", "environment"):
+        argv = ["make", "-n", "seeds", "SEEDS=3", "CLASS=dog"]
+        env = dict(os.environ)
+        if how == "argument":
+            argv.append(f"CUTBG_RUNS={runs_dir}")
+        else:
+            env["CUTBG_RUNS"] = str(runs_dir)
+        out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env)
+        assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
+        lines = [ln for ln in out.stdout.splitlines() if " -m train agent" in ln]
+        assert [ln.split("--seed ")[1].split()[0] for ln in lines] == ["1", "2"], out.stdout
 
 
 # -- progress bars with true totals ----------------------------------------------------------

@@ -155,7 +155,9 @@ def test_recipe_stages_run_and_the_record_is_written_atomically(
     record_file = ckpt.with_suffix(".json")
     (src,) = [s for s, d in replaced if d == record_file]  # one temp file, renamed over it
     assert src.parent == record_file.parent and src.name.startswith(".c.json.")
-    assert sorted(p.name for p in ckpt.parent.iterdir() if p.is_file()) == ["c.json", "c.pt"]
+    # no temp file left; the (released) lock stays beside the checkpoint, as a run folder's
+    files = sorted(p.name for p in ckpt.parent.iterdir() if p.is_file())
+    assert files == [".c.pt.lock", "c.json", "c.pt"]
     record = json.loads(record_file.read_text())
     assert set(record) == {
         "what",

@@ -16,7 +16,13 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 from stable_baselines3 import DQN
 from stable_baselines3.common.vec_env import VecMonitor
-from tiny import assert_env_transitions, dataset_classes, make_tiny_checkpoint, tiny_env_kwargs
+from tiny import (
+    assert_env_transitions,
+    dataset_classes,
+    make_tiny_checkpoint,
+    raise_full_scores,
+    tiny_env_kwargs,
+)
 
 import cutbg_env
 from cutbg_env import MAX_EPISODE_STEPS, Action
@@ -29,9 +35,10 @@ SEED = 40
 STEPS = 60
 VARIANTS = {
     # δ = 0.1: the random classifier's drops (~1e-4) never reach it; episodes end by STOP or
-    # the step limit. δ = -1: every cut that removes something ends the episode on its drop.
+    # the step limit. δ = 0 with the whole-map score raised (tiny.raise_full_scores): every cut
+    # that removes something ends the episode on its drop.
     "stop-and-limit": {"delta": 0.1},
-    "drop-ends": {"delta": -1.0, "observe_score": True, "obs_dtype": "float16"},
+    "drop-ends": {"delta": 0.0, "observe_score": True, "obs_dtype": "float16"},
 }
 
 
@@ -122,7 +129,11 @@ def test_every_registered_id_has_its_kwargs(env_kwargs: dict, world: CutWorld) -
 
 # -- the same transitions as N single envs -----------------------------------------------------
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_vector_env_equals_single_envs(env_kwargs: dict, world: CutWorld, variant: str) -> None:
+def test_vector_env_equals_single_envs(
+    env_kwargs: dict, world: CutWorld, variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if variant == "drop-ends":
+        raise_full_scores(monkeypatch)
     kwargs = {**env_kwargs, **VARIANTS[variant]}
     venv = gym.make_vec("CutBackground-v0", num_envs=N, **kwargs)  # builds its own world
     singles = [gym.make("CutBackground-v0", world=world, **kwargs) for _ in range(N)]
@@ -253,9 +264,12 @@ def test_reset_seeds_options_and_mask(env_kwargs: dict, world: CutWorld) -> None
         venv.reset(options={"reset_mask": np.zeros(N, bool)})
 
 
-def test_set_attr_changes_the_next_episodes(env_kwargs: dict, world: CutWorld) -> None:
+def test_set_attr_changes_the_next_episodes(
+    env_kwargs: dict, world: CutWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``set_attr("eta", 5)`` used to change nothing: now it is each sub-env's η from its next
     episode on, for the sub-envs that ``indices`` name."""
+    raise_full_scores(monkeypatch)  # every cut drops ≈ 0.05: within δ = 0.1, past δ = 0
     stop = np.full(N, Action.STOP)
     venv = BatchedCutBackgroundVecEnv(N, world=world, **env_kwargs)
     venv.seed(0)
@@ -269,13 +283,13 @@ def test_set_attr_changes_the_next_episodes(env_kwargs: dict, world: CutWorld) -
     assert dones.all() and np.abs(rewards).tolist() == [3.0, 3.0, 3.0]
     _, rewards, _, _ = venv.step(stop)
     assert np.abs(rewards).tolist() == [3.0, 5.0, 3.0]
-    # δ = -1 on sub-env 2: its next episode ends on its first cut
-    venv.set_attr("delta", -1.0, indices=2)
+    # δ = 0 on sub-env 2: its next episode ends on its first cut
+    venv.set_attr("delta", 0.0, indices=2)
     venv.step(stop)
     _, rewards, dones, infos = venv.step(np.full(N, Action.UP_1))
     assert dones.tolist() == [False, False, True] and rewards.tolist() == [1.0, 1.0, -1.0]
     assert infos[2]["last_valid_crop"] == (0, 0, 28, 28)
-    assert venv.env_method("get_wrapper_attr", "delta", indices=[0, 2]) == [0.1, -1.0]
+    assert venv.env_method("get_wrapper_attr", "delta", indices=[0, 2]) == [0.1, 0.0]
     frames = venv.env_method("draw", indices=[1])
     assert len(frames) == 1 and frames[0].ndim == 3 and frames[0].dtype == np.uint8
     for frozen in ("obs_dtype", "observe_score", "world", "observation_space"):

@@ -180,3 +180,23 @@ def assert_env_transitions(actions, rewards, next_history, eta: float = 3.0, mas
         assert abs(r) == magnitude, (Action(a), r)
         assert h.tolist() == [float(k == a) for k in range(13)], (Action(a), h)
     return int(keep.sum())
+
+
+FULL_SCORE_RAISE = 0.05
+"""What :func:`raise_full_scores` adds to the whole-map score p̄."""
+
+
+def raise_full_scores(monkeypatch: Any, by: float = FULL_SCORE_RAISE) -> None:
+    """Add ``by`` to the whole-map score p̄ of every :class:`~cutbg_env.world.CutWorld` (its
+    features and the caches unchanged) for one test. The random-init classifier scores a crop
+    within ~1e-3 of its whole map, so every cut's drop p̄ − p̂ is then about ``by``: past δ = 0
+    (each cut ends the episode on its drop), within δ = 0.1 (no cut does)."""
+    from cutbg_env.world import CutWorld
+
+    full = CutWorld.full
+
+    def raised(self: CutWorld, indices: Any) -> tuple[list, list[float]]:
+        feats, scores = full(self, indices)
+        return feats, [p + by for p in scores]
+
+    monkeypatch.setattr(CutWorld, "full", raised)

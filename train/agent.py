@@ -98,7 +98,7 @@ class AgentArgs(StageArgs, DQNArgs):
         checks.positive("--lr-end", self.lr_end)
         checks.real("--eps-end", self.eps_end, 0.0, 1.0)
         checks.integer("--n-envs", self.n_envs, 1)
-        checks.real("--delta", self.delta, 0.0, 1.0)
+        checks.delta("--delta", self.delta)
         checks.positive("--eta", self.eta)
         checks.integer("--max-images", self.max_images, 1)
         checks.integer("--seed", self.seed, 0)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from cutbg_env import checks
+from cutbg_env import checks, runs
 from cutbg_env.backbone import (
     BackboneConfig,
     Classifier,
@@ -31,7 +31,7 @@ from cutbg_env.backbone import (
 )
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import VOCDataset, dataset_splits, open_split
-from cutbg_env.errors import CheckpointError, DataError, OptionError
+from cutbg_env.errors import CheckpointError, DataError
 from cutbg_env.io import log, relpath, write_json
 from cutbg_env.metrics import classification_ap
 from train.common import seed_everything
@@ -89,6 +89,9 @@ class ClassifierArgs(StageArgs):
     def __post_init__(self) -> None:
         """Check every value (one line naming the flag, the value and the allowed range)."""
         checks.positive("--minutes", self.minutes)
+        checks.share("--finetune-share", self.finetune_share, "0 = no fine-tune stage")
+        checks.real("--finetune-cutmix", self.finetune_cutmix, 0.0, 1.0)
+        checks.positive("--finetune-lr", self.finetune_lr)
         checks.integer("--max-epochs", self.max_epochs, 1)
         checks.integer("--batch-size", self.batch_size, 1)
         checks.positive("--lr", self.lr)
@@ -107,8 +110,7 @@ class ClassifierArgs(StageArgs):
         return BackboneConfig()
 
     def stages(self) -> list[Stage]:
-        """The recipe's stages with their minutes (:func:`split_minutes`); raises
-        :class:`OptionError` on a budget or share that cannot be split."""
+        """The recipe's stages with their minutes (:func:`split_minutes`)."""
         first, second = split_minutes(self.minutes, self.finetune_share)
         lr = (
             self.lr
@@ -140,13 +142,7 @@ class Stage:
 
 def split_minutes(minutes: float, finetune_share: float) -> tuple[float, float]:
     """``(first, fine-tune)`` minutes of a ``minutes`` budget, the fine-tune taking
-    ``finetune_share`` of it. Raises :class:`OptionError` naming a bad value."""
-    if not (minutes > 0 and math.isfinite(minutes)):
-        raise OptionError(f"--minutes {minutes}: the budget must be a positive number of minutes")
-    if not 0 <= finetune_share < 1:
-        raise OptionError(
-            f"--finetune-share {finetune_share}: must be in [0, 1) (0 = no fine-tune stage)"
-        )
+    ``finetune_share`` of it (both checked by :class:`ClassifierArgs`)."""
     second = minutes * finetune_share
     return minutes - second, second
 
@@ -332,9 +328,19 @@ def train_classifier(args: ClassifierArgs) -> Path:
 
     After loading, what is left of ``--minutes`` less ``EVAL_RESERVE_S`` per stage (its
     test-set AP) is split between the stages' training in their proportions
-    (:func:`training_seconds`)."""
+    (:func:`training_seconds`).
+
+    The checkpoint belongs to this training while it runs (:func:`~cutbg_env.runs.run_lock`
+    on it): a second training into the same ``--checkpoint`` raises
+    :class:`~cutbg_env.errors.RunBusyError` naming the first one's process."""
     t_enter = time.monotonic()
     ckpt = args.classifier_file()
+    with runs.run_lock(ckpt, runs.new_run_id(), "train into another --checkpoint"):
+        return _train_classifier(args, ckpt, t_enter)
+
+
+def _train_classifier(args: ClassifierArgs, ckpt: Path, t_enter: float) -> Path:
+    """:func:`train_classifier` inside the checkpoint's lock (``t_enter``: its start)."""
     stages = args.stages()
     fingerprint = _fingerprint(args)
     if ckpt.exists() and not args.force:
