@@ -135,6 +135,13 @@ def choice(name: str, value: object, allowed: tuple) -> None:
         raise OptionError(f"{_named(name, value)}: must be one of {', '.join(map(str, allowed))}")
 
 
+def rule(holds: bool, message: str) -> None:
+    """A rule between several values: ``message`` (one line naming them and the fix) unless
+    ``holds``."""
+    if not _DEFERRED.get() and not holds:
+        raise OptionError(message)
+
+
 def device(name: str, value: str) -> None:
     """A torch device string whose hardware exists here (``cuda`` needs a visible GPU)."""
     if _DEFERRED.get():

@@ -108,8 +108,8 @@ class DQNArgs:
     """Discount factor."""
     buffer_size: int | None = None
     """Replay transitions (default: 30,000 on VOC, 100,000 here; see README for bytes)."""
-    batch_size: int = 256
-    """Replay minibatch."""
+    batch_size: int = 64
+    """Replay minibatch (of each member)."""
     train_freq: int = 1
     """Vec-env steps (each ``n_envs`` transitions) between training rounds."""
     gradient_steps: int = 1
@@ -134,6 +134,9 @@ class DQNArgs:
     """Q-network with a validity logit per cut (cutbg_env.qnet.ValidityQNetwork; False = MLP)."""
     heads: int = 1
     """Q heads on the shared feature extractor (bootstrapped DQN); the agent acts on their mean."""
+    members: int = 3
+    """Independent DQN trainings (own seed, envs and replay) joined into one agent that acts on
+    their mean Q-values (1 = a single DQN)."""
 
     def resolved_for(self, dataset: str) -> Any:
         """A copy with the ``None`` fields filled for ``dataset`` (the paper's sizes on VOC)."""
@@ -156,6 +159,8 @@ class DQNArgs:
         kwargs = policy_kwargs(self.adapt_channels, self.adapt_kernel, self.hidden)
         if self.validity_head:
             kwargs["n_heads"] = self.heads
+            if self.members > 1:
+                kwargs["members"] = self.members
         elif self.heads != 1:
             raise ValueError(f"heads={self.heads}: several heads need the validity head")
         return CutDQN(
@@ -181,9 +186,14 @@ class DQNArgs:
         for name in ("buffer_size", "batch_size", "train_freq", "gradient_steps", "target_update"):
             checks.integer(checks.flag(name), getattr(self, name), 1)
         checks.integer("--learning-starts", self.learning_starts, 0)
-        for name in ("adapt_channels", "adapt_kernel", "hidden", "heads"):
+        for name in ("adapt_channels", "adapt_kernel", "hidden", "heads", "members"):
             checks.integer(checks.flag(name), getattr(self, name), 1)
         checks.choice("--obs-dtype", self.obs_dtype, ("float16", "float32"))
+        checks.rule(
+            self.validity_head or self.members == 1,
+            f"--members {self.members} --no-validity-head: an agent of several members needs "
+            "the validity head; add --members 1 for one MLP-headed DQN",
+        )
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()

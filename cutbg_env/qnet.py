@@ -36,6 +36,7 @@ class CutFeatures(BaseFeaturesExtractor):
         self.extras = [k for k in EXTRA_OBSERVATIONS if k in observation_space.spaces]
         extra = sum(int(np.prod(observation_space[k].shape)) for k in self.extras)
         super().__init__(observation_space, features_dim=channels * h * w + hist + extra)
+        self.channels, self.kernel = channels, kernel
         self.adapt = nn.Sequential(
             nn.Conv2d(c, channels, kernel, padding=kernel // 2),
             nn.ReLU(),
@@ -64,25 +65,53 @@ class ValidityQNetwork(QNetwork):
     ``n_heads`` heads (each an MLP with its own hidden layer) share the feature extractor, each
     trained against its own target head (bootstrapped DQN, Osband et al. 2016); the network's
     Q-values, which act, are the mean over the heads. ``n_heads=1`` is a single Q-network.
+
+    ``members`` K > 1 holds K whole Q-networks (each its own feature extractor and head) and
+    acts on their mean Q-values: the agent that ``python -m train agent`` assembles from K
+    independently trained members (:func:`assemble_members`; a member ``m`` is one extractor
+    ``extractors[m]`` and head ``q_net[m]``).
     """
 
-    def __init__(self, *args: Any, n_heads: int = 1, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, n_heads: int = 1, members: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if n_heads < 1:
             raise ValueError(f"n_heads={n_heads}: a Q-network needs at least one head")
-        self.n_heads = n_heads
+        if members < 1:
+            raise ValueError(f"members={members}: a Q-network needs at least one member")
+        if n_heads > 1 and members > 1:
+            raise ValueError(f"n_heads={n_heads}, members={members}: choose one of the two")
+        self.n_heads = max(n_heads, members)
+        self.members = members
         out = int(self.action_space.n) + len(CUT_ACTIONS)
-        self.q_net = nn.ModuleList(
-            nn.Sequential(*create_mlp(self.features_dim, out, self.net_arch, self.activation_fn))
-            for _ in range(n_heads)
-        )
+        self.q_net = nn.ModuleList(self._head(out) for _ in range(self.n_heads))
+        if members > 1:  # registered only then, so a one-member agent keeps SB3's names
+            fe = self.features_extractor
+            self.extractors = nn.ModuleList(
+                [fe]
+                + [
+                    type(fe)(self.observation_space, channels=fe.channels, kernel=fe.kernel)
+                    for _ in range(members - 1)
+                ]
+            )
         scales = torch.tensor([float(Action(a).scale) for a in CUT_ACTIONS])
         self.register_buffer("scales", scales)
 
+    def _head(self, out: int) -> nn.Sequential:
+        """One head: SB3's MLP (one hidden layer by default)."""
+        return nn.Sequential(*create_mlp(self.features_dim, out, self.net_arch, self.activation_fn))
+
     def heads(self, obs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W (K, N, 13), ℓ (K, N, 12))`` of the ``K`` heads."""
-        features = self.extract_features(obs, self.features_extractor)
-        out = torch.stack([head(features) for head in self.q_net])
+        """``(W (K, N, 13), ℓ (K, N, 12))`` of the ``K`` heads (or members)."""
+        if self.members == 1:
+            features = self.extract_features(obs, self.features_extractor)
+            out = torch.stack([head(features) for head in self.q_net])
+        else:
+            out = torch.stack(
+                [
+                    head(self.extract_features(obs, fe))
+                    for fe, head in zip(self.extractors, self.q_net, strict=True)
+                ]
+            )
         n = int(self.action_space.n)
         return out[..., :n], out[..., n:]
 
@@ -96,20 +125,38 @@ class ValidityQNetwork(QNetwork):
         return self.q_values(*self.heads(obs)).mean(0)
 
 
+def assemble_members(whole: ValidityQNetwork, members: list[ValidityQNetwork]) -> None:
+    """Copy the weights of one-member networks into the members of ``whole`` (in order)."""
+    if whole.members != len(members) or any(m.members != 1 or m.n_heads != 1 for m in members):
+        raise ValueError(
+            f"assemble_members: {len(members)} one-head networks for {whole.members} members"
+        )
+    with torch.no_grad():
+        for k, member in enumerate(members):
+            whole.extractors[k].load_state_dict(member.features_extractor.state_dict())
+            whole.q_net[k].load_state_dict(member.q_net[0].state_dict())
+
+
 class ValidityPolicy(MultiInputPolicy):
     """SB3's ``MultiInputPolicy`` with :class:`ValidityQNetwork` (``n_heads`` heads) as online
     and target net."""
 
-    def __init__(self, *args: Any, n_heads: int = 1, **kwargs: Any) -> None:
-        self.n_heads = n_heads
+    def __init__(self, *args: Any, n_heads: int = 1, members: int = 1, **kwargs: Any) -> None:
+        self.n_heads, self.members = n_heads, members
         super().__init__(*args, **kwargs)
 
     def make_q_net(self) -> QNetwork:
         net_args = self._update_features_extractor(self.net_args, features_extractor=None)
-        return ValidityQNetwork(**net_args, n_heads=self.n_heads).to(self.device)
+        return ValidityQNetwork(**net_args, n_heads=self.n_heads, members=self.members).to(
+            self.device
+        )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "n_heads": self.n_heads}
+        return {
+            **super()._get_constructor_parameters(),
+            "n_heads": self.n_heads,
+            "members": self.members,
+        }
 
 
 def policy_kwargs(channels: int, kernel: int, hidden: int) -> dict[str, Any]:

@@ -101,8 +101,9 @@ RUN_ID_ENTRY = "cutbg_run_id.txt"
 """The entry of an agent or checkpoint zip that holds the run id (SB3's loader ignores it)."""
 REFINEMENT_NAME = "refinement.json"
 """An agent's refinement table (:data:`cutbg_env.refine.REFINEMENT_FILE`)."""
-RUN_FILES = (AGENT_FILE, CONFIG_FILE, REFINEMENT_NAME, "checkpoints", "tb")
-"""What a training run writes in its folder (a seed-0 folder also holds ``seeds/``)."""
+RUN_FILES = (AGENT_FILE, CONFIG_FILE, REFINEMENT_NAME, "checkpoints", "tb", "members")
+"""What a training run writes in its folder (``members/m<k>/``: its members' runs; a seed-0
+folder also holds ``seeds/``)."""
 
 
 def new_run_id() -> str:

@@ -160,11 +160,12 @@ def bench(args: BenchArgs) -> dict:
     env_steps = {"single": rates["single"], "batched": rates["batched"], "n_envs": n_envs}
     voc = device.type == "cuda"
     agent_args = DQNArgs().resolved_for("voc2007" if voc else "animals")
-    # the DQN as `make train` builds it: same algorithm, observation and Q-network
+    # one member's DQN as `make train` trains it: same algorithm, observation and Q-network (the
+    # default agent is --members such trainings, side by side)
     train_venv = BatchedCutBackgroundVecEnv(
         n_envs, world=world, observe_score=agent_args.observe_score, **kwargs
     )
-    dqn = dataclasses.replace(agent_args, buffer_size=20_000).build(
+    dqn = dataclasses.replace(agent_args, buffer_size=20_000, members=1).build(
         VecMonitor(train_venv), device=args.device
     )
     dqn.learn(2000)  # warm-up, fills learning_starts

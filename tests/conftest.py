@@ -31,7 +31,9 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_animals: Path) 
     """The whole training pipeline on the tiny dataset, as ``make demo`` runs it.
 
     ``CUTBG_DATA``/``CUTBG_RUNS`` point at temp folders for the session, so ``dataset="animals"``
-    is the tiny set. Returns the paths and the trained model of class ``dog``.
+    is the tiny set. Returns the paths and the trained model of class ``dog``: one member (a
+    single DQN), so that the tests reading its network see one; tests/test_members.py trains
+    the default's several members.
     """
     import shutil
 
@@ -56,6 +58,7 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_animals: Path) 
         batch_size=16,
         train_freq=2,
         target_update=100,
+        members=1,
         progress=False,
     )
     model, agent = fit_agent(args)

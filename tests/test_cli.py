@@ -132,6 +132,7 @@ def test_removed_flags_are_rejected(capsys: pytest.CaptureFixture) -> None:
 
 # -- paths -------------------------------------------------------------------------------------
 def test_paths_follow_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the checkout (another test may cd)
     monkeypatch.delenv("CUTBG_DATA", raising=False)
     monkeypatch.delenv("CUTBG_RUNS", raising=False)
     assert (paths.data_dir(), paths.runs_dir()) == (Path("data"), Path("runs"))

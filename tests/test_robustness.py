@@ -445,13 +445,19 @@ def test_corrupt_checkpoint_state_is_named(tmp_path: Path, state: str | bytes) -
 
 
 @slow
-def test_corrupt_state_on_resume_is_one_line(own_runs: Path, capsys: pytest.CaptureFixture) -> None:
-    ckpt = own_runs / "dog" / "checkpoints"
-    ckpt.mkdir()
+@pytest.mark.parametrize("members", [1, 3])
+def test_corrupt_state_on_resume_is_one_line(
+    own_runs: Path, capsys: pytest.CaptureFixture, members: int
+) -> None:
+    """One DQN's own checkpoint, or a member's (the default agent's members/m<k>/)."""
+    run = own_runs / "dog" if members == 1 else own_runs / "dog" / "members" / "m0"
+    ckpt = run / "checkpoints"
+    ckpt.mkdir(parents=True)
     (ckpt / "epoch_001.zip").write_bytes(b"")
     (ckpt / "state.json").write_text("{broken")
-    assert train_main(["agent", "--class", "dog", "--resume", "--no-progress"]) == 2
-    assert "state.json is unreadable" in one_error_line(capsys)
+    argv = ["agent", "--class", "dog", "--resume", "--no-progress", "--members", str(members)]
+    assert train_main(argv) == 2
+    assert f"{ckpt / 'state.json'} is unreadable" in one_error_line(capsys)
 
 
 @slow

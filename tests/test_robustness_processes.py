@@ -22,9 +22,10 @@ slow = pytest.mark.slow
 TINY_AGENT = [
     "--class", "dog", "--n-envs", "2", "--max-images", "4", "--learning-starts", "32",
     "--buffer-size", "500", "--batch-size", "16", "--train-freq", "2", "--target-update", "100",
-    "--threads", "1", "--no-progress",
+    "--threads", "1", "--no-progress", "--members", "1",
 ]  # fmt: skip
-"""A training of a few seconds on the tiny dataset."""
+"""A training of a few seconds on the tiny dataset: one DQN, whose run-folder files these tests
+follow (the default's members train as such runs: tests/test_members.py)."""
 
 KILLER = """
 import os, signal, sys

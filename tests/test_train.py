@@ -646,7 +646,7 @@ def test_heads_share_the_extractor_and_act_on_their_mean() -> None:
     assert policy(3)._get_constructor_parameters()["n_heads"] == 3  # saved with the agent
     with pytest.raises(ValueError, match=r"^n_heads=0: a Q-network needs at least one head$"):
         policy(0)
-    args = DQNArgs(heads=2, validity_head=False).resolved_for("animals")
+    args = DQNArgs(heads=2, members=1, validity_head=False).resolved_for("animals")
     with pytest.raises(ValueError, match=r"^heads=2: several heads need the validity head$"):
         args.build(env=None)
 

@@ -17,13 +17,17 @@ CorLoc of every heat-map setting to ``refinement.json`` (:func:`choose_refinemen
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import tyro
 from stable_baselines3.common.vec_env import VecMonitor
+from tqdm import tqdm
 
 from cutbg_env import checks, paths, runs
 from cutbg_env.backbone import load_classifier
@@ -33,6 +37,7 @@ from cutbg_env.data import dataset_splits, open_split
 from cutbg_env.dqn import VOC_DATASETS, CutDQN, DQNArgs
 from cutbg_env.errors import CheckpointError, OptionError, OutputError
 from cutbg_env.io import atomic_path, check_writable, log, relpath, remove_stale_temps, write_json
+from cutbg_env.qnet import assemble_members
 from cutbg_env.refine import REFINEMENT_FILE, refinement_scores, write_refinement
 from cutbg_env.rollout import observation_options, rollout, sb3_policy
 from cutbg_env.vec_env import BatchedCutBackgroundVecEnv
@@ -84,7 +89,11 @@ class AgentArgs(StageArgs, DQNArgs):
     """Seed of the env order, exploration and initialisation; seed N > 0 trains into
     runs/<dataset>/<class>/seeds/seed_N."""
     threads: int = 0
-    """Torch CPU threads (0 = torch's default)."""
+    """Torch CPU threads (0 = torch's default; each member process uses one when several run
+    side by side)."""
+    workers: int = 0
+    """Member trainings run side by side in this many processes (0 = one per CPU core, at most
+    --members)."""
 
     force: bool = False
     """Retrain a run folder that holds a finished or interrupted run (its files are removed
@@ -103,6 +112,7 @@ class AgentArgs(StageArgs, DQNArgs):
         checks.integer("--max-images", self.max_images, 1)
         checks.integer("--seed", self.seed, 0)
         checks.integer("--threads", self.threads, 0)
+        checks.integer("--workers", self.workers, 0)
         super().__post_init__()
 
     def resolved(self) -> AgentArgs:
@@ -209,6 +219,8 @@ def fit_agent(args: AgentArgs) -> tuple[CutDQN, Path]:
         removed = remove_stale_temps(run_dir, recursive=True)
         if removed:
             log(f"removed {len(removed)} temp file(s) of killed runs in {relpath(run_dir)}")
+        if args.members > 1:
+            return _fit_members(args, data, classifier, ckpt, run_dir, run_id)
         resume = last_checkpoint(run_dir) if args.resume else None
         if args.resume and resume is None:
             raise CheckpointError(
@@ -232,6 +244,118 @@ def fit_agent(args: AgentArgs) -> tuple[CutDQN, Path]:
                 log(f"--force: removing the {state} run in {relpath(run_dir)}")
                 runs.clear_run(run_dir)
         return _fit(args, data, classifier, ckpt, run_dir, run_id, resume)
+
+
+def member_args(args: AgentArgs, run_dir: Path, k: int, threads: int) -> AgentArgs:
+    """The arguments of member ``k`` of a ``--members K`` agent of seed ``s``: a one-member
+    training of seed ``s·K + k`` into ``<run>/members/m<k>/`` (so the members of different seeds
+    never share a seed)."""
+    member_dir = run_dir / "members" / f"m{k}"
+    state = runs.run_state(member_dir)
+    return dataclasses.replace(
+        args,
+        members=1,
+        seed=args.seed * args.members + k,
+        out=str(member_dir),
+        resume=args.resume and state == "interrupted" and last_checkpoint(member_dir) is not None,
+        force=not args.resume,
+        progress=False,
+        threads=threads,
+        workers=0,
+    )
+
+
+def _train_member(args: AgentArgs) -> str:
+    """One member's training (a worker process's job): the path of its ``agent.zip``."""
+    return str(fit_agent(args)[1])
+
+
+def _fit_members(
+    args: AgentArgs, data: Any, classifier: Any, ckpt: Path, run_dir: Path, run_id: str
+) -> tuple[CutDQN, Path]:
+    """Train ``--members`` independent DQNs (in ``--workers`` processes side by side), then join
+    them into one agent (:class:`~cutbg_env.qnet.ValidityQNetwork` with ``members``) that acts on
+    their mean Q-values. With ``--resume`` finished members are kept and interrupted ones
+    continued; otherwise every member starts over."""
+    # the env of the joined agent, built first: a class without images fails here, in one line
+    venv = make_vec_env(dataclasses.replace(args, n_envs=1), data.split, classifier)
+    state = runs.run_state(run_dir)
+    if args.resume and not (run_dir / "members").is_dir():
+        raise CheckpointError(
+            f"--resume: no member run in {run_dir / 'members'}; train without --resume"
+        )
+    if not args.resume and state != "empty":
+        if not args.force:
+            what = (
+                "a finished run: retrain it with --force (its files are replaced)"
+                if state == "finished"
+                else "an interrupted run: continue it with --resume, or start it over with --force"
+            )
+            raise OptionError(f"{run_dir} holds {what}; or train into another --out")
+        log(f"--force: removing the {state} run in {relpath(run_dir)}")
+        runs.clear_run(run_dir)
+    if args.resume:
+        run_id = runs.check_run(run_dir, "start it over with --force") or run_id
+    workers = min(args.members, args.workers or os.cpu_count() or 1)
+    threads = 1 if workers > 1 else args.threads
+    jobs = [member_args(args, run_dir, k, threads) for k in range(args.members)]
+    todo = [j for j in jobs if not (args.resume and runs.run_state(Path(j.out)) == "finished")]
+    config = {
+        "run_id": run_id,
+        "finished": False,
+        "args": dataclasses.asdict(args),
+        "delta": resolve_delta(args.dataset, args.class_name, args.delta),
+        "classifier": str(ckpt),
+        "members": [relpath(Path(j.out)) for j in jobs],
+    }
+    write_json(run_dir / paths.CONFIG_FILE, config)
+    log(
+        f"agent {args.class_name}: {args.members} members (seeds "
+        f"{', '.join(str(j.seed) for j in jobs)}), {len(todo)} to train, {workers} at a time"
+    )
+    t0 = time.monotonic()
+    bar = tqdm(
+        total=len(jobs),
+        initial=len(jobs) - len(todo),
+        desc="members",
+        unit="member",
+        disable=not args.progress,
+    )
+    if workers > 1 and len(todo) > 1:
+        context = multiprocessing.get_context("spawn")  # torch is not fork-safe once threaded
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for future in as_completed([pool.submit(_train_member, j) for j in todo]):
+                future.result()
+                bar.update()
+    else:
+        for j in todo:
+            _train_member(j)
+            bar.update()
+    bar.close()
+    seconds = time.monotonic() - t0
+    model = args.build(venv, seed=args.seed, device=args.device, verbose=0)
+    parts = [CutDQN.load(Path(j.out) / paths.AGENT_FILE, device=args.device) for j in jobs]
+    assemble_members(model.q_net, [p.q_net for p in parts])
+    assemble_members(model.q_net_target, [p.q_net_target for p in parts])
+    model.num_timesteps = sum(p.num_timesteps for p in parts)
+    final = run_dir / paths.AGENT_FILE
+    with atomic_path(final, suffix=".zip") as tmp:
+        model.save(tmp, exclude=["replay_buffer"])
+        runs.stamp_zip(tmp, run_id)
+    choose_refinement(model, venv.world, venv.delta, run_dir / REFINEMENT_FILE, run_id)
+    config.update(
+        finished=True,
+        images=len(venv.world.positives),
+        timesteps=model.num_timesteps,
+        epochs=args.epochs,
+        seconds=round(seconds, 1),
+    )
+    write_json(run_dir / paths.CONFIG_FILE, config)
+    log(
+        f"agent {args.class_name}: {args.members} members, {model.num_timesteps} steps in "
+        f"{seconds:.0f} s -> {relpath(final)}"
+    )
+    return model, final
 
 
 def _fit(
