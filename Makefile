@@ -13,6 +13,8 @@ SEED ?= 0
 SEEDS ?=
 EVAL_CLASSES ?= $(CLASS)
 THREADS ?= 0
+# Member trainings of one agent run side by side in WORKERS processes (0 = one per core).
+WORKERS ?= 0
 MINUTES ?= 2.9
 FROM_SCRATCH ?=
 RESUME ?=
@@ -63,18 +65,19 @@ calibrate: $(STAMP)
 # Stage 3: one class's DQN agent (seed N > 0 trains into runs/<dataset>/<class>/seeds/seed_N).
 # RESUME=1 continues an interrupted run; FORCE=1 retrains a folder that holds a run.
 train: $(STAMP)
-	$(PY) -m train agent --dataset '$(DATASET)' --class $(CLASS) --device $(DEVICE) --n-envs $(N_ENVS) --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(RESUME),--resume) $(if $(FORCE),--force)
+	$(PY) -m train agent --dataset '$(DATASET)' --class $(CLASS) --device $(DEVICE) --n-envs $(N_ENVS) --seed $(SEED) --workers $(WORKERS) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(RESUME),--resume) $(if $(FORCE),--force)
 
 # Every class; classes are independent jobs, so `make -j 4 train-all` runs four side by side.
 train-all: $(STAMP)
 	@$(MAKE) --no-print-directory $(addprefix train-class-,$(CLASSES))
 
 train-class-%: $(STAMP)
-	$(PY) -m train agent --dataset '$(DATASET)' --class $* --device $(DEVICE) --n-envs $(N_ENVS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m train agent --dataset '$(DATASET)' --class $* --device $(DEVICE) --n-envs $(N_ENVS) --workers $(WORKERS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))
 
 # Seeds 0..SEEDS-1 of the agents of EVAL_CLASSES (default: CLASS). A seed whose agent.zip exists is
 # kept, so a larger SEEDS trains only the new ones; seeds are independent jobs:
-# `make -j 2 seeds SEEDS=5 THREADS=1` trains two at once. `make eval SEEDS=5` trains what is
+# `make -j 2 seeds SEEDS=5 THREADS=1 WORKERS=1` trains two at once (each agent's members one
+# after the other; by default one agent's members already use every core). `make eval SEEDS=5` trains what is
 # missing, then reports every row over the seeds.
 # The dataset's folder under runs/ (cutbg_env.paths.dataset_key: a folder path gets a hash).
 RUNS_KEY = $(if $(findstring /,$(DATASET)),$(shell $(PY) -c "import sys; from cutbg_env.paths import dataset_key; print(dataset_key(sys.argv[1]))" '$(DATASET)'),$(DATASET))
@@ -87,7 +90,7 @@ seed_zip = $(RUNS_DIR)/$(1)/$(if $(filter 0,$(2)),,seeds/seed_$(2)/)agent.zip
 SEED_ZIPS = $(foreach c,$(EVAL_CLASSES),$(foreach n,$(SEED_LIST),$(call seed_zip,$(c),$(n))))
 define SEED_RULE
 $(call seed_zip,$(1),$(2)): | $(STAMP)
-	$(PY) -m train agent --dataset '$(DATASET)' --class $(1) --device $(DEVICE) --n-envs $(N_ENVS) --seed $(2) --threads $(THREADS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m train agent --dataset '$(DATASET)' --class $(1) --device $(DEVICE) --n-envs $(N_ENVS) --seed $(2) --threads $(THREADS) --workers $(WORKERS) --no-progress $(if $(EPOCHS),--epochs $(EPOCHS))
 endef
 $(foreach c,$(EVAL_CLASSES),$(foreach n,$(SEED_LIST),$(eval $(call SEED_RULE,$(c),$(n)))))
 
