@@ -108,7 +108,7 @@ class DQNArgs:
     """Discount factor."""
     buffer_size: int | None = None
     """Replay transitions (default: 30,000 on VOC, 100,000 here; see README for bytes)."""
-    batch_size: int = 64
+    batch_size: int = 256
     """Replay minibatch (of each member)."""
     train_freq: int = 1
     """Vec-env steps (each ``n_envs`` transitions) between training rounds."""
@@ -134,7 +134,7 @@ class DQNArgs:
     """Q-network with a validity logit per cut (cutbg_env.qnet.ValidityQNetwork; False = MLP)."""
     heads: int = 1
     """Q heads on the shared feature extractor (bootstrapped DQN); the agent acts on their mean."""
-    members: int = 3
+    members: int = 2
     """Independent DQN trainings (own seed, envs and replay) joined into one agent that acts on
     their mean Q-values (1 = a single DQN)."""
 

@@ -67,7 +67,7 @@ def test_member_seeds_and_folders(tmp_path: Path) -> None:
     assert [j.seed for j in jobs] == [6, 7, 8]
     assert [j.out for j in jobs] == [str(tmp_path / "members" / f"m{k}") for k in range(3)]
     assert all(j.members == 1 and j.threads == 1 and j.force and not j.resume for j in jobs)
-    assert AgentArgs().members == 3 and AgentArgs().batch_size == 64  # the default recipe
+    assert AgentArgs().members == 2 and AgentArgs().batch_size == 256  # the default recipe
 
 
 def test_members_need_the_validity_head() -> None:
