@@ -109,6 +109,7 @@ def test_members_train_side_by_side_and_join(
         torch.testing.assert_close(joined.q_net(obs), mean)
         torch.testing.assert_close(model.q_net(obs), mean)
     assert config["timesteps"] == sum(m.num_timesteps for m in members)
+    assert len(config["member_seconds"]) == 2 and all(t > 0 for t in config["member_seconds"])
     # member 1 is the same training as seed 1 alone (one thread): the same parameters
     alone, _ = fit_agent(
         dataclasses.replace(args, members=1, seed=1, threads=1, out=str(tmp_path / "alone"))

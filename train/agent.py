@@ -17,6 +17,7 @@ CorLoc of every heat-map setting to ``refinement.json`` (:func:`choose_refinemen
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import os
 import time
@@ -343,8 +344,13 @@ def _fit_members(
         model.save(tmp, exclude=["replay_buffer"])
         runs.stamp_zip(tmp, run_id)
     choose_refinement(model, venv.world, venv.delta, run_dir / REFINEMENT_FILE, run_id)
+    member_seconds = []
+    for j in jobs:
+        member_config = json.loads((Path(j.out) / paths.CONFIG_FILE).read_text(encoding="utf-8"))
+        member_seconds.append(member_config.get("seconds"))
     config.update(
         finished=True,
+        member_seconds=member_seconds,
         images=len(venv.world.positives),
         timesteps=model.num_timesteps,
         epochs=args.epochs,
