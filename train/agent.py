@@ -232,19 +232,34 @@ def fit_agent(args: AgentArgs) -> tuple[CutDQN, Path]:
             fix = "start it over with --force"
             run_id = runs.check_run(run_dir, fix) or run_id
         else:
-            state = runs.run_state(run_dir)
-            if state != "empty" and not args.force:
-                what = (
-                    "a finished run: retrain it with --force (its files are replaced)"
-                    if state == "finished"
-                    else "an interrupted run: continue it with --resume, or start it over "
-                    "with --force"
-                )
-                raise OptionError(f"{run_dir} holds {what}; or train into another --out")
-            if state != "empty":
-                log(f"--force: removing the {state} run in {relpath(run_dir)}")
-                runs.clear_run(run_dir)
+            start_over(run_dir, args.force)
         return _fit(args, data, classifier, ckpt, run_dir, run_id, resume)
+
+
+def start_over(run_dir: Path, force: bool) -> None:
+    """Make way for a new run in ``run_dir``: nothing to do when it holds none; with ``force``
+    remove the run it holds; else an :class:`OptionError` naming ``--force`` / ``--resume``."""
+    state = runs.run_state(run_dir)
+    if state == "empty":
+        return
+    if not force:
+        what = (
+            "a finished run: retrain it with --force (its files are replaced)"
+            if state == "finished"
+            else "an interrupted run: continue it with --resume, or start it over with --force"
+        )
+        raise OptionError(f"{run_dir} holds {what}; or train into another --out")
+    log(f"--force: removing the {state} run in {relpath(run_dir)}")
+    runs.clear_run(run_dir)
+
+
+def save_agent(model: CutDQN, run_dir: Path, run_id: str) -> Path:
+    """Write the run's final ``agent.zip`` atomically, stamped with ``run_id``; its path."""
+    final = run_dir / paths.AGENT_FILE
+    with atomic_path(final, suffix=".zip") as tmp:
+        model.save(tmp)
+        runs.stamp_zip(tmp, run_id)
+    return final
 
 
 def member_args(args: AgentArgs, run_dir: Path, k: int, threads: int) -> AgentArgs:
@@ -278,25 +293,16 @@ def _fit_members(
     them into one agent (:class:`~cutbg_env.qnet.ValidityQNetwork` with ``members``) that acts on
     their mean Q-values. With ``--resume`` finished members are kept and interrupted ones
     continued; otherwise every member starts over."""
-    # the env of the joined agent, built first: a class without images fails here, in one line
-    venv = make_vec_env(dataclasses.replace(args, n_envs=1), data.split, classifier)
-    state = runs.run_state(run_dir)
-    if args.resume and not (run_dir / "members").is_dir():
-        raise CheckpointError(
-            f"--resume: no member run in {run_dir / 'members'}; train without --resume"
-        )
-    if not args.resume and state != "empty":
-        if not args.force:
-            what = (
-                "a finished run: retrain it with --force (its files are replaced)"
-                if state == "finished"
-                else "an interrupted run: continue it with --resume, or start it over with --force"
-            )
-            raise OptionError(f"{run_dir} holds {what}; or train into another --out")
-        log(f"--force: removing the {state} run in {relpath(run_dir)}")
-        runs.clear_run(run_dir)
     if args.resume:
+        if not (run_dir / "members").is_dir():
+            raise CheckpointError(
+                f"--resume: no member run in {run_dir / 'members'}; train without --resume"
+            )
         run_id = runs.check_run(run_dir, "start it over with --force") or run_id
+    else:
+        start_over(run_dir, args.force)
+    # the env of the joined agent, before any member: a class without images fails in one line
+    venv = make_vec_env(dataclasses.replace(args, n_envs=1), data.split, classifier)
     workers = min(args.members, args.workers or os.cpu_count() or 1)
     threads = 1 if workers > 1 else args.threads
     jobs = [member_args(args, run_dir, k, threads) for k in range(args.members)]
@@ -305,7 +311,7 @@ def _fit_members(
         "run_id": run_id,
         "finished": False,
         "args": dataclasses.asdict(args),
-        "delta": resolve_delta(args.dataset, args.class_name, args.delta),
+        "delta": venv.delta,
         "classifier": str(ckpt),
         "members": [relpath(Path(j.out)) for j in jobs],
     }
@@ -339,10 +345,7 @@ def _fit_members(
     assemble_members(model.q_net, [p.q_net for p in parts])
     assemble_members(model.q_net_target, [p.q_net_target for p in parts])
     model.num_timesteps = sum(p.num_timesteps for p in parts)
-    final = run_dir / paths.AGENT_FILE
-    with atomic_path(final, suffix=".zip") as tmp:
-        model.save(tmp, exclude=["replay_buffer"])
-        runs.stamp_zip(tmp, run_id)
+    final = save_agent(model, run_dir, run_id)
     choose_refinement(model, venv.world, venv.delta, run_dir / REFINEMENT_FILE, run_id)
     member_seconds = []
     for j in jobs:
@@ -426,10 +429,7 @@ def _fit(
         )
     finally:
         callback.close()
-    final = run_dir / paths.AGENT_FILE
-    with atomic_path(final, suffix=".zip") as tmp:
-        model.save(tmp)
-        runs.stamp_zip(tmp, run_id)
+    final = save_agent(model, run_dir, run_id)
     seconds = time.monotonic() - t0
     choose_refinement(model, venv.world, delta, run_dir / REFINEMENT_FILE, run_id)
     config.update(
