@@ -150,9 +150,10 @@ def ensemble_members(dataset: str, classes: Sequence[str]) -> dict[str, list[Pat
 
 
 def has_positive(data: VOCDataset, cls: str, indices: Sequence[int]) -> bool:
-    """Whether one of the images ``indices`` holds a ``cls`` object not marked difficult (VOC's
-    AP and CorLoc ignore the difficult ones): else the class's AP and CorLoc are undefined."""
-    return any(not difficult for i in indices for _, difficult in data.gt_boxes(i, cls))
+    """Whether one of the images ``indices`` is a positive of ``cls`` (:meth:`VOCDataset.positives`:
+    an object not marked difficult, as VOC's AP and CorLoc count them): else the class's AP and
+    CorLoc are undefined."""
+    return not set(data.positives(cls)).isdisjoint(indices)
 
 
 def _windows(n: int) -> np.ndarray:
