@@ -75,7 +75,7 @@ EVAL_ARGS="--classes $CLASS --max-images $EVAL_IMAGES --exhaustive-windows $WIND
 recipe() {
 	case "$1" in
 	bench) echo "$PYTHON -m evaluate.bench --device $DEVICE" ;;
-	train) echo "$PYTHON -m train agent --dataset animals --class $CLASS --device $DEVICE --n-envs $N_ENVS --seed 0 --epochs 1" ;;
+	train) echo "$PYTHON -m train agent --dataset animals --class $CLASS --device $DEVICE --n-envs $N_ENVS --seed 0 --workers 0 --epochs 1" ;;
 	eval) echo "$PYTHON -m evaluate --dataset animals --device $DEVICE $EVAL_ARGS" ;;
 	esac
 }

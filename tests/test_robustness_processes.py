@@ -56,6 +56,28 @@ sys.exit(main(argv))
 """
 """Runs ``python -m train`` and SIGKILLs itself at a named point."""
 
+HOLDER = """
+import sys, time
+from pathlib import Path
+import train.schedules
+from train.__main__ import main
+
+release, argv = Path(sys.argv[1]), sys.argv[2:]
+write_json = train.schedules.write_json
+
+def write_then_wait(path, obj):
+    write_json(path, obj)
+    if path.name == "state.json" and obj["epoch"] == 1:
+        deadline = time.monotonic() + 300
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+train.schedules.write_json = write_then_wait
+sys.exit(main(argv))
+"""
+"""Runs ``python -m train`` and, once its first epoch is saved, waits for a file to appear: the
+training holds its folder for as long as a test needs, however fast the machine."""
+
 
 def train_cmd(*argv: str) -> list[str]:
     return [sys.executable, "-m", "train", *argv]
@@ -74,8 +96,9 @@ def test_second_training_of_a_folder_is_refused_and_the_first_is_intact(
     own_runs: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    cmd = train_cmd("agent", *TINY_AGENT, "--epochs", "25", "--out", str(out))
-    first = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    release = tmp_path / "release"
+    cmd = [sys.executable, "-c", HOLDER, str(release), "agent", *TINY_AGENT, "--epochs", "3"]
+    first = subprocess.Popen([*cmd, "--out", str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not runs.owner_file(out).exists() and time.monotonic() < deadline:
@@ -86,6 +109,7 @@ def test_second_training_of_a_folder_is_refused_and_the_first_is_intact(
         second = run(train_cmd("agent", *TINY_AGENT, "--epochs", "1", "--out", str(out)))
         assert first.poll() is None, "the first training ended before the second tried"
     finally:
+        release.touch()
         first_err = first.communicate(timeout=600)[1]
     assert second.returncode == 2
     lines = second.stderr.strip().splitlines()
@@ -98,7 +122,7 @@ def test_second_training_of_a_folder_is_refused_and_the_first_is_intact(
     # the first run is intact: its files all carry its id, one TensorBoard run
     assert runs.check_run(out, "retrain") == owner["run_id"]
     config = json.loads((out / "config.json").read_text())
-    assert config["finished"] is True and config["args"]["epochs"] == 25
+    assert config["finished"] is True and config["args"]["epochs"] == 3
     assert len(list((out / "tb").iterdir())) == 1
     # a finished folder is retrained only with --force, which starts clean
     again = run(train_cmd("agent", *TINY_AGENT, "--epochs", "1", "--out", str(out)))
