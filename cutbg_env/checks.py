@@ -58,9 +58,11 @@ def real(
     lo_open: bool = False,
     hi_open: bool = False,
     required: bool = False,
+    note: str = "",
 ) -> None:
     """``value`` is a finite number within ``lo``..``hi`` (each bound open or closed);
-    ``None`` passes unless ``required``."""
+    ``None`` passes unless ``required``; ``note`` is added to the message in parentheses
+    (``--finetune-share 1.0: must be a finite number in [0, 1) (0 = no fine-tune stage)``)."""
     if (value is None and not required) or _DEFERRED.get():
         return
     if hi is None:
@@ -74,7 +76,8 @@ def real(
     if ok and hi is not None:
         ok = value < hi if hi_open else value <= hi
     if not ok:
-        raise OptionError(f"{_named(name, value)}: must be a finite number{bounds}")
+        extra = f" ({note})" if note else ""
+        raise OptionError(f"{_named(name, value)}: must be a finite number{bounds}{extra}")
 
 
 def positive(name: str, value: float | None, required: bool = False) -> None:
@@ -87,18 +90,6 @@ def delta(name: str, value: float | None, required: bool = False) -> None:
     [0, 1]. A negative δ would refuse even a drop of 0, so every episode would end at its first
     cut."""
     real(name, value, 0.0, 1.0, required=required)
-
-
-def share(name: str, value: float | None, note: str = "") -> None:
-    """A share of a whole that must leave some of it: a finite number in [0, 1); ``note`` is
-    added in parentheses (``--finetune-share 1.0: must be in [0, 1) (0 = no fine-tune stage)``)."""
-    if value is None or _DEFERRED.get():
-        return
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not (ok and 0 <= value < 1):
-        raise OptionError(
-            f"{_named(name, value)}: must be in [0, 1)" + (f" ({note})" if note else "")
-        )
 
 
 ENV_ATTRS: dict[str, Callable[[str, Any, bool], None]] = {"delta": delta, "eta": positive}

@@ -74,6 +74,8 @@ def dead_pid() -> int:
         (AgentArgs, {"lr_end": float("inf")}, "--lr-end inf: must be a finite number > 0"),
         (AgentArgs, {"buffer_size": 0}, "--buffer-size 0: must be an integer ≥ 1"),
         (AgentArgs, {"n_envs": 0}, "--n-envs 0: must be an integer ≥ 1"),
+        (AgentArgs, {"snapshots": -1}, "--snapshots -1: must be an integer ≥ 0"),
+        (AgentArgs, {"snapshot_every": 0}, "--snapshot-every 0: must be an integer ≥ 1"),
         (AgentArgs, {"max_images": 0}, "--max-images 0: must be an integer ≥ 1"),
         (AgentArgs, {"max_images": -1}, "--max-images -1: must be an integer ≥ 1"),
         (AgentArgs, {"eps_end": 1.5}, "--eps-end 1.5: must be a finite number in [0, 1]"),
@@ -93,17 +95,17 @@ def dead_pid() -> int:
         (
             ClassifierArgs,
             {"finetune_share": 1.0},
-            "--finetune-share 1.0: must be in [0, 1) (0 = no fine-tune stage)",
+            "--finetune-share 1.0: must be a finite number in [0, 1) (0 = no fine-tune stage)",
         ),
         (
             ClassifierArgs,
             {"finetune_share": float("nan")},
-            "--finetune-share nan: must be in [0, 1) (0 = no fine-tune stage)",
+            "--finetune-share nan: must be a finite number in [0, 1) (0 = no fine-tune stage)",
         ),
         (
             ClassifierArgs,
             {"finetune_share": -0.1},
-            "--finetune-share -0.1: must be in [0, 1) (0 = no fine-tune stage)",
+            "--finetune-share -0.1: must be a finite number in [0, 1) (0 = no fine-tune stage)",
         ),
         (
             ClassifierArgs,
@@ -149,7 +151,7 @@ def test_cuda_without_a_gpu_is_one_line(capsys: pytest.CaptureFixture) -> None:
         (["calibrate", "--fraction", "0"], "--fraction 0.0: must be a finite number in (0, 0.05]"),
         (
             ["classifier", "--finetune-share", "1"],
-            "--finetune-share 1.0: must be in [0, 1) (0 = no fine-tune stage)",
+            "--finetune-share 1.0: must be a finite number in [0, 1) (0 = no fine-tune stage)",
         ),
     ],
 )

@@ -117,7 +117,10 @@ def test_recipe_budget_splits_in_the_shipped_proportions() -> None:
             ["--minutes", "0"],
             "error: --minutes 0.0: must be a finite number > 0",
         ),
-        (["--finetune-share", "1"], "error: --finetune-share 1.0: must be in [0, 1)"),
+        (
+            ["--finetune-share", "1"],
+            "error: --finetune-share 1.0: must be a finite number in [0, 1)",
+        ),
     ],
 )
 def test_recipe_bad_budget_is_one_line(

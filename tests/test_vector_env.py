@@ -10,14 +10,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.utils.env_checker import data_equivalence
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
-from stable_baselines3 import DQN
-from stable_baselines3.common.vec_env import VecMonitor
 from tiny import (
-    assert_env_transitions,
     dataset_classes,
     make_tiny_checkpoint,
     raise_full_scores,
@@ -338,25 +334,6 @@ def test_bad_input(env_kwargs: dict, world: CutWorld) -> None:
 
 
 # -- learning through it -----------------------------------------------------------------------
-def test_sb3_dqn_trains_through_the_adapter(env_kwargs: dict, world: CutWorld) -> None:
-    venv = BatchedCutBackgroundVecEnv(N, world=world, **env_kwargs)
-    venv.seed(0)
-    model = DQN("MultiInputPolicy", VecMonitor(venv), learning_starts=60, buffer_size=600, seed=0)
-    before = [p.detach().clone() for p in model.q_net.parameters()]
-    model.learn(300)
-    assert model.num_timesteps == 300  # 25 rollouts of 4 steps of 3 envs
-    buf = model.replay_buffer
-    assert (buf.pos, buf.n_envs) == (100, N)
-    # next observations are the env's (at an episode end, its terminal observation)
-    checked = assert_env_transitions(
-        buf.actions[:100], buf.rewards[:100], buf.next_observations["history"][:100]
-    )
-    assert checked == 300
-    assert len(model.ep_info_buffer) == int(buf.dones[:100].sum()) > 0
-    assert model._n_updates > 0
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.q_net.parameters(), strict=True))
-
-
 def test_gymnasium_vector_wrappers(env_kwargs: dict, world: CutWorld) -> None:
     """Gymnasium's vector wrappers read the declared autoreset mode: episode statistics come
     out as the sums of the rewards."""

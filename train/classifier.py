@@ -89,7 +89,14 @@ class ClassifierArgs(StageArgs):
     def __post_init__(self) -> None:
         """Check every value (one line naming the flag, the value and the allowed range)."""
         checks.positive("--minutes", self.minutes)
-        checks.share("--finetune-share", self.finetune_share, "0 = no fine-tune stage")
+        checks.real(
+            "--finetune-share",
+            self.finetune_share,
+            0.0,
+            1.0,
+            hi_open=True,
+            note="0 = no fine-tune stage",
+        )
         checks.real("--finetune-cutmix", self.finetune_cutmix, 0.0, 1.0)
         checks.positive("--finetune-lr", self.finetune_lr)
         checks.integer("--max-epochs", self.max_epochs, 1)
