@@ -91,8 +91,9 @@ def test_snapshot_epochs() -> None:
     assert snapshot_epochs(2, 4, 2) == ()
     assert snapshot_epochs(30, 0, 2) == ()
     default = AgentArgs().resolved()
-    assert (default.snapshots, default.snapshot_every) == (4, 2)
-    assert default.snapshot_epochs() == (22, 24, 26, 28)
+    assert (default.snapshots, default.snapshot_every) == (0, 2)
+    assert default.snapshot_epochs() == ()
+    assert AgentArgs(snapshots=4).resolved().snapshot_epochs() == (22, 24, 26, 28)
 
 
 @slow

@@ -97,9 +97,10 @@ class AgentArgs(StageArgs, DQNArgs):
     """Member trainings run side by side in this many processes (0 = one per CPU core, at most
     --members)."""
 
-    snapshots: int = 4
+    snapshots: int = 0
     """Earlier epoch checkpoints of each DQN joined into the agent beside its final weights (a
-    snapshot ensemble acting on the mean Q-values; 0 = the final weights only)."""
+    snapshot ensemble acting on the mean Q-values; 0 = the final weights only, the default: no
+    measured benefit, docs/experiments.md)."""
     snapshot_every: int = 2
     """Epochs between those snapshots (4 and 2 of 30 epochs: epochs 22, 24, 26 and 28)."""
 
