@@ -49,6 +49,7 @@ from train.schedules import (
     EpochClock,
     EpsilonSchedule,
     LrSchedule,
+    checkpoint_name,
     last_checkpoint,
     load_checkpoint,
     snapshot_epochs,
@@ -316,7 +317,7 @@ def with_snapshots(args: AgentArgs, model: CutDQN, run_dir: Path) -> CutDQN:
     epochs = args.snapshot_epochs()
     if not epochs:
         return model
-    ckpts = [run_dir / "checkpoints" / f"epoch_{e:03d}.zip" for e in epochs]
+    ckpts = [run_dir / "checkpoints" / checkpoint_name(e) for e in epochs]
     for ckpt in ckpts:
         if not ckpt.is_file():
             raise CheckpointError(

@@ -35,6 +35,11 @@ class EpochClock:
         return self.episodes / self.images
 
 
+def checkpoint_name(epoch: int) -> str:
+    """The file name of epoch ``epoch``'s checkpoint in a run's ``checkpoints/`` folder."""
+    return f"epoch_{epoch:03d}.zip"
+
+
 class EpsilonSchedule:
     """ε = 1.0 → ``end`` in steps of 0.1 spread evenly over ``decay`` epochs (paper §3.1);
     ``decay = 0``: ``end`` from the start."""
@@ -86,7 +91,7 @@ class EpochCallback(BaseCallback):
             save_buffer,
         )
         self.run_id = run_id
-        self.keep = {f"epoch_{e:03d}.zip" for e in keep}
+        self.keep = {checkpoint_name(e) for e in keep}
         self.drops: list[float] = []
         self.t0 = time.monotonic()
         self.planned = epochs * clock.images
@@ -122,7 +127,7 @@ class EpochCallback(BaseCallback):
         self.drops = []
         ckpt_dir = self.run_dir / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(ckpt_dir / f"epoch_{epoch:03d}.zip", suffix=".zip") as tmp:
+        with atomic_path(ckpt_dir / checkpoint_name(epoch), suffix=".zip") as tmp:
             self.model.save(tmp)
             if self.run_id:
                 stamp_zip(tmp, self.run_id)
@@ -141,7 +146,7 @@ class EpochCallback(BaseCallback):
         # Only the newest epoch is needed to resume; older ones are removed once it is on disk
         # (a checkpoint of a many-headed agent is tens of MB), but for the snapshots in ``keep``.
         for old in ckpt_dir.glob("epoch_*.zip"):
-            if old.name != f"epoch_{epoch:03d}.zip" and old.name not in self.keep:
+            if old.name != checkpoint_name(epoch) and old.name not in self.keep:
                 old.unlink(missing_ok=True)
 
 
@@ -173,7 +178,7 @@ def last_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         raise CheckpointError(f"{state_file} is unreadable ({reason(exc)}): {fix}") from exc
     if epoch < 0 or episodes < 0:
         raise CheckpointError(f"{state_file} holds epoch {epoch}, episodes {episodes}: {fix}")
-    best = ckpt_dir / f"epoch_{epoch:03d}.zip"
+    best = ckpt_dir / checkpoint_name(epoch)
     return (best if best.is_file() else zips[-1]), state
 
 
