@@ -125,27 +125,16 @@ class ValidityQNetwork(QNetwork):
         return self.q_values(*self.heads(obs)).mean(0)
 
 
-def member_parts(net: ValidityQNetwork) -> list[tuple[nn.Module, nn.Module]]:
-    """The ``(feature extractor, head)`` pair of each member of a one-head network."""
-    if net.members == 1:
-        return [(net.features_extractor, net.q_net[0])]
-    return list(zip(net.extractors, net.q_net, strict=True))
-
-
 def assemble_members(whole: ValidityQNetwork, members: list[ValidityQNetwork]) -> None:
-    """Copy the members of ``members`` (one-head networks of one or more members each) into the
-    members of ``whole``, in order."""
-    if any(m.n_heads != m.members for m in members):
+    """Copy the weights of one-member networks into the members of ``whole`` (in order)."""
+    if whole.members != len(members) or any(m.members != 1 or m.n_heads != 1 for m in members):
         raise ValueError(
-            "assemble_members: a network of several heads on one extractor is no member"
+            f"assemble_members: {len(members)} one-head networks for {whole.members} members"
         )
-    parts = [pair for m in members for pair in member_parts(m)]
-    if whole.members != len(parts):
-        raise ValueError(f"assemble_members: {len(parts)} members for {whole.members}")
     with torch.no_grad():
-        for (fe, head), (to_fe, to_head) in zip(parts, member_parts(whole), strict=True):
-            to_fe.load_state_dict(fe.state_dict())
-            to_head.load_state_dict(head.state_dict())
+        for k, member in enumerate(members):
+            whole.extractors[k].load_state_dict(member.features_extractor.state_dict())
+            whole.q_net[k].load_state_dict(member.q_net[0].state_dict())
 
 
 class ValidityPolicy(MultiInputPolicy):

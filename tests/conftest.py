@@ -32,8 +32,8 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_animals: Path) 
 
     ``CUTBG_DATA``/``CUTBG_RUNS`` point at temp folders for the session, so ``dataset="animals"``
     is the tiny set. Returns the paths and the trained model of class ``dog``: one member (a
-    single DQN, no snapshots), so that the tests reading its network see one;
-    tests/test_members.py trains the default's several members and snapshots.
+    single DQN), so that the tests reading its network see one; tests/test_members.py trains
+    the default's several members.
     """
     import shutil
 
@@ -59,7 +59,6 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_animals: Path) 
         train_freq=2,
         target_update=100,
         members=1,
-        snapshots=0,
         progress=False,
     )
     model, agent = fit_agent(args)

@@ -14,10 +14,9 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import DQN
 
-from cutbg_env.errors import CheckpointError, OptionError
+from cutbg_env.errors import OptionError
 from cutbg_env.qnet import ValidityPolicy, assemble_members, policy_kwargs
-from train.agent import AgentArgs, fit_agent, member_args, with_snapshots
-from train.schedules import snapshot_epochs
+from train.agent import AgentArgs, fit_agent, member_args
 
 slow = pytest.mark.slow
 
@@ -54,80 +53,10 @@ def test_assembled_members_act_on_the_mean_of_the_members() -> None:
         torch.testing.assert_close(net.q_values(w[1], logits[1]), parts[1](obs))
     # one member keeps SB3's parameter names (agents of earlier versions load)
     assert not any(k.startswith("extractors") for k in parts[0].state_dict())
-    with pytest.raises(ValueError, match=r"^assemble_members: 2 members for 3$"):
+    with pytest.raises(ValueError, match=r"^assemble_members: 2 one-head networks for 3 members$"):
         assemble_members(net, parts[:2])
     with pytest.raises(ValueError, match=r"^members=0: a Q-network needs at least one member$"):
         _policy(0, 0)
-
-
-def test_assembling_flattens_networks_of_several_members() -> None:
-    """A member with snapshots is itself several members: joining it with another keeps them all,
-    in order, and the whole acts on the mean over every one."""
-    two, one = _policy(2, 1).q_net, _policy(1, 2).q_net
-    whole = _policy(3, 0).q_net
-    obs = _obs()
-    with torch.no_grad():
-        assemble_members(whole, [two, one])
-        w, logits = whole.heads(obs)
-        w2, logits2 = two.heads(obs)
-        torch.testing.assert_close(w[:2], w2)
-        torch.testing.assert_close(logits[:2], logits2)
-        torch.testing.assert_close(whole.q_values(w[2], logits[2]), one(obs))
-        mean = (2 * two(obs) + one(obs)) / 3
-        torch.testing.assert_close(whole(obs), mean)
-    heads = ValidityPolicy(
-        SPACE, spaces.Discrete(13), lambda _: 1e-3, n_heads=2, **policy_kwargs(4, 1, 16)
-    ).q_net
-    with pytest.raises(ValueError, match=r"^assemble_members: a network of several heads on one"):
-        assemble_members(whole, [heads, one])
-
-
-def test_snapshot_epochs() -> None:
-    """``snapshots`` epochs ``every`` apart before the last, none before epoch 1."""
-    assert snapshot_epochs(30, 4, 2) == (22, 24, 26, 28)
-    assert snapshot_epochs(50, 4, 2) == (42, 44, 46, 48)
-    assert snapshot_epochs(3, 2, 1) == (1, 2)
-    assert snapshot_epochs(3, 4, 2) == (1,)
-    assert snapshot_epochs(2, 4, 2) == ()
-    assert snapshot_epochs(30, 0, 2) == ()
-    default = AgentArgs().resolved()
-    assert (default.snapshots, default.snapshot_every) == (0, 2)
-    assert default.snapshot_epochs() == ()
-    assert AgentArgs(snapshots=4).resolved().snapshot_epochs() == (22, 24, 26, 28)
-
-
-@slow
-def test_snapshots_join_the_kept_checkpoints(tiny_pipeline: dict, tmp_path: Path) -> None:
-    """``--snapshots 2 --snapshot-every 1`` of three epochs keeps the checkpoints of epochs 1
-    and 2 beside the newest, and the agent acts on the mean Q of the final weights and theirs."""
-    args = dataclasses.replace(
-        tiny_pipeline["args"], epochs=3, snapshots=2, snapshot_every=1, out=str(tmp_path / "run")
-    )
-    model, agent = fit_agent(args)
-    ckpts = tmp_path / "run" / "checkpoints"
-    names = sorted(p.name for p in ckpts.glob("epoch_*.zip"))
-    assert names == ["epoch_001.zip", "epoch_002.zip", "epoch_003.zip"]
-    joined = DQN.load(agent)
-    assert joined.q_net.members == 3 and model.q_net.members == 3
-    snaps = [DQN.load(ckpts / name) for name in names]
-    obs = {k: torch.as_tensor(v)[None] for k, v in joined.observation_space.sample().items()}
-    with torch.no_grad():
-        # the final weights are those of the last epoch's checkpoint (training stops there)
-        torch.testing.assert_close(
-            joined.q_net.q_values(*joined.q_net.heads(obs))[0], snaps[2].q_net(obs)
-        )
-        mean = torch.stack([s.q_net(obs) for s in (snaps[2], snaps[0], snaps[1])]).mean(0)
-        torch.testing.assert_close(joined.q_net(obs), mean)
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["finished"] and config["timesteps"] == joined.num_timesteps
-    # a kept snapshot that went missing is named, with the fix
-    (ckpts / "epoch_001.zip").unlink()
-    message = (
-        f"{ckpts / 'epoch_001.zip'} is missing: the --snapshots 2 of this run need it; train the "
-        "run again with --force"
-    )
-    with pytest.raises(CheckpointError, match=f"^{re.escape(message)}$"):
-        with_snapshots(args.resolved(), snaps[2], tmp_path / "run")
 
 
 def test_member_seeds_and_folders(tmp_path: Path) -> None:

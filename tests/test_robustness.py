@@ -74,8 +74,6 @@ def dead_pid() -> int:
         (AgentArgs, {"lr_end": float("inf")}, "--lr-end inf: must be a finite number > 0"),
         (AgentArgs, {"buffer_size": 0}, "--buffer-size 0: must be an integer ≥ 1"),
         (AgentArgs, {"n_envs": 0}, "--n-envs 0: must be an integer ≥ 1"),
-        (AgentArgs, {"snapshots": -1}, "--snapshots -1: must be an integer ≥ 0"),
-        (AgentArgs, {"snapshot_every": 0}, "--snapshot-every 0: must be an integer ≥ 1"),
         (AgentArgs, {"max_images": 0}, "--max-images 0: must be an integer ≥ 1"),
         (AgentArgs, {"max_images": -1}, "--max-images -1: must be an integer ≥ 1"),
         (AgentArgs, {"eps_end": 1.5}, "--eps-end 1.5: must be a finite number in [0, 1]"),

@@ -49,10 +49,8 @@ from train.schedules import (
     EpochClock,
     EpsilonSchedule,
     LrSchedule,
-    checkpoint_name,
     last_checkpoint,
     load_checkpoint,
-    snapshot_epochs,
 )
 
 
@@ -98,13 +96,6 @@ class AgentArgs(StageArgs, DQNArgs):
     """Member trainings run side by side in this many processes (0 = one per CPU core, at most
     --members)."""
 
-    snapshots: int = 0
-    """Earlier epoch checkpoints of each DQN joined into the agent beside its final weights (a
-    snapshot ensemble acting on the mean Q-values; 0 = the final weights only, the default: no
-    measured benefit, docs/experiments.md)."""
-    snapshot_every: int = 2
-    """Epochs between those snapshots (4 and 2 of 30 epochs: epochs 22, 24, 26 and 28)."""
-
     force: bool = False
     """Retrain a run folder that holds a finished or interrupted run (its files are removed
     first)."""
@@ -123,8 +114,6 @@ class AgentArgs(StageArgs, DQNArgs):
         checks.integer("--seed", self.seed, 0)
         checks.integer("--threads", self.threads, 0)
         checks.integer("--workers", self.workers, 0)
-        checks.integer("--snapshots", self.snapshots, 0)
-        checks.integer("--snapshot-every", self.snapshot_every, 1)
         super().__post_init__()
 
     def resolved(self) -> AgentArgs:
@@ -142,10 +131,6 @@ class AgentArgs(StageArgs, DQNArgs):
             lr_start=pick(self.lr_start, 1e-5, 1e-3),
             lr_end=pick(self.lr_end, 1e-6, 1e-4),
         )
-
-    def snapshot_epochs(self) -> tuple[int, ...]:
-        """The epochs whose checkpoints join the final weights (of resolved arguments)."""
-        return snapshot_epochs(self.epochs or 0, self.snapshots, self.snapshot_every)
 
     def run_dir(self) -> Path:
         """``out``, else the seed's run folder (:func:`~cutbg_env.paths.seed_dir`)."""
@@ -310,24 +295,6 @@ def join(args: AgentArgs, env: Any, parts: list[CutDQN], timesteps: int) -> CutD
     return model
 
 
-def with_snapshots(args: AgentArgs, model: CutDQN, run_dir: Path) -> CutDQN:
-    """The trained ``model`` joined with its kept epoch checkpoints (``--snapshots``): a
-    snapshot ensemble (Huang et al. 2017) that acts on the mean Q-values of the final weights
-    and those of epochs :meth:`AgentArgs.snapshot_epochs`; ``model`` itself without any."""
-    epochs = args.snapshot_epochs()
-    if not epochs:
-        return model
-    ckpts = [run_dir / "checkpoints" / checkpoint_name(e) for e in epochs]
-    for ckpt in ckpts:
-        if not ckpt.is_file():
-            raise CheckpointError(
-                f"{ckpt} is missing: the --snapshots {args.snapshots} of this run need it; "
-                "train the run again with --force"
-            )
-    snaps = [load_checkpoint(c, device=args.device) for c in ckpts]
-    return join(args, model.get_env(), [model, *snaps], model.num_timesteps)
-
-
 def _train_member(args: AgentArgs) -> str:
     """One member's training (a worker process's job): the path of its ``agent.zip``."""
     return str(fit_agent(args)[1])
@@ -450,13 +417,7 @@ def _fit(
     model.exploration_schedule = EpsilonSchedule(clock, args.decay_epochs, args.eps_end)
     model.lr_schedule = LrSchedule(clock, args.decay_epochs, args.lr_start, args.lr_end)
     callback = EpochCallback(
-        clock,
-        args.epochs,
-        run_dir,
-        args.save_replay_buffer,
-        run_id=run_id,
-        progress=args.progress,
-        keep=args.snapshot_epochs(),
+        clock, args.epochs, run_dir, args.save_replay_buffer, run_id=run_id, progress=args.progress
     )
     remaining = args.epochs * len(venv.world.positives) * 20  # an upper bound: the callback stops
     config = {
@@ -480,7 +441,6 @@ def _fit(
     finally:
         callback.close()
     seconds = time.monotonic() - t0
-    model = with_snapshots(args, model, run_dir)
     final = save_agent(model, run_dir, run_id)
     choose_refinement(model, venv.world, delta, run_dir / REFINEMENT_FILE, run_id)
     config.update(

@@ -68,10 +68,9 @@ class LrSchedule:
 
 
 class EpochCallback(BaseCallback):
-    """Counts episodes, logs score drops, checkpoints each epoch (keeping the newest and those of
-    the epochs in ``keep``), stops after the last; with ``progress``, a bar of the planned
-    episodes (``epochs`` × images) that ends at 100 %. Each checkpoint carries ``run_id``
-    (:mod:`cutbg_env.runs`)."""
+    """Counts episodes, logs score drops, checkpoints each epoch (keeping the newest), stops after
+    the last; with ``progress``, a bar of the planned episodes (``epochs`` × images) that ends at
+    100 %. Each checkpoint carries ``run_id`` (:mod:`cutbg_env.runs`)."""
 
     def __init__(
         self,
@@ -81,7 +80,6 @@ class EpochCallback(BaseCallback):
         save_buffer: bool,
         run_id: str = "",
         progress: bool = False,
-        keep: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.clock, self.epochs, self.run_dir, self.save_buffer = (
@@ -91,7 +89,6 @@ class EpochCallback(BaseCallback):
             save_buffer,
         )
         self.run_id = run_id
-        self.keep = {checkpoint_name(e) for e in keep}
         self.drops: list[float] = []
         self.t0 = time.monotonic()
         self.planned = epochs * clock.images
@@ -144,16 +141,10 @@ class EpochCallback(BaseCallback):
             },
         )
         # Only the newest epoch is needed to resume; older ones are removed once it is on disk
-        # (a checkpoint of a many-headed agent is tens of MB), but for the snapshots in ``keep``.
+        # (a checkpoint of a many-headed agent is tens of MB).
         for old in ckpt_dir.glob("epoch_*.zip"):
-            if old.name != checkpoint_name(epoch) and old.name not in self.keep:
+            if old.name != checkpoint_name(epoch):
                 old.unlink(missing_ok=True)
-
-
-def snapshot_epochs(epochs: int, snapshots: int, every: int) -> tuple[int, ...]:
-    """The epochs whose checkpoints a run of ``epochs`` keeps as snapshots: ``snapshots`` of
-    them, ``every`` epochs apart, before the last (``(22, 24, 26, 28)`` for 30, 4, 2)."""
-    return tuple(e for e in range(epochs - snapshots * every, epochs, every) if e > 0)
 
 
 def last_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
