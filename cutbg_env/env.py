@@ -104,6 +104,8 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
       ``runs/<dataset>/calibration.json`` (``python -m train calibrate``), else, with the shipped
       classifier, the shipped calibration's (:mod:`cutbg_env.shipped`), else 0.1.
     * ``eta``: η, the absolute reward of the stop action.
+      ``delta`` and ``eta`` may be set later (``env.unwrapped.delta = 0.05``, or a vector env's
+      ``set_attr``) with the same checks; they apply from the next episode.
     * ``terminate_on_drop``: end the episode on a cut whose drop exceeds δ.
     * ``obs_dtype``: ``"float32"`` (default) or ``"float16"`` for the features and history.
     * ``observe_score``: add the ``"score"`` observation (default ``False``: the paper's state).
@@ -158,7 +160,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         self.delta = resolve_delta(
             self.world.dataset_name, class_name, delta, getattr(self.world, "shipped", False)
         )
-        self.eta = float(eta)
+        self.eta = eta
         self.terminate_on_drop = terminate_on_drop
         self.render_mode = render_mode
         if obs_dtype not in ("float32", "float16"):
@@ -181,6 +183,25 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         self.observation_space = spaces.Dict(obs_spaces)
         self._sampler = ImageSampler(self.world)
         self._episode: Episode | None = None
+
+    # -- episode rules: set after construction (by hand or ``set_attr``) with the same checks --
+    @property
+    def delta(self) -> float:
+        """δ, the score-drop threshold of the episodes started from now on."""
+        return self._delta
+
+    @delta.setter
+    def delta(self, value: float) -> None:
+        self._delta = checks.env_attr("delta", value)
+
+    @property
+    def eta(self) -> float:
+        """η, the stop reward's magnitude of the episodes started from now on."""
+        return self._eta
+
+    @eta.setter
+    def eta(self, value: float) -> None:
+        self._eta = checks.env_attr("eta", value)
 
     # -- gymnasium API ---------------------------------------------------------------------
     def reset(

@@ -226,8 +226,10 @@ def vector_world(vector_kwargs: dict) -> CutWorld:
 def test_vector_envs_set_attr_checks_like_the_constructor(
     vector_kwargs: dict, vector_world: CutWorld, name: str, value: object, message: str
 ) -> None:
-    """``set_attr``/``set_attr_at`` (Gymnasium) and ``set_attr`` (SB3) refuse what the
-    constructor refuses, with its message, and set no value of a list with a bad one."""
+    """``set_attr``/``set_attr_at`` (Gymnasium), ``set_attr`` (SB3) and a plain assignment
+    (``env.delta = …``) refuse what the constructor refuses, with its message, and set no value
+    of a list with a bad one."""
+    from cutbg_env.env import CutBackgroundEnv
     from cutbg_env.vec_env import BatchedCutBackgroundVecEnv
     from cutbg_env.vector import CutBackgroundVectorEnv
 
@@ -245,6 +247,12 @@ def test_vector_envs_set_attr_checks_like_the_constructor(
     with pytest.raises(OptionError, match=match):
         sb3.set_attr(name, value, indices=[1])
     assert sb3.get_attr(name) == list(before)
+    single = CutBackgroundEnv(world=vector_world, **vector_kwargs)
+    with pytest.raises(OptionError, match=match):
+        setattr(single, name, value)
+    assert getattr(single, name) == before[0]
+    single.delta, single.eta = 1, 2  # a good value is set, as a float like the constructor's
+    assert (single.delta, single.eta) == (1.0, 2.0) and isinstance(single.delta, float)
     if value is not None:  # None is the constructor's "calibrated δ"
         with pytest.raises(OptionError, match=match):
             CutBackgroundVectorEnv(2, world=vector_world, **{**vector_kwargs, name: value})
