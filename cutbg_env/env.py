@@ -149,7 +149,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r}: supported modes are ['rgb_array']")
         checks.delta("delta=", delta)
-        checks.positive("eta=", eta)
+        self.eta = eta  # its setter checks it, before the world loads like delta above
         checks.integer("max_images=", max_images, 1)
         self.num_threads = configure_threads(num_threads)
         """Torch's CPU threads after this env was built (see :mod:`cutbg_env.threads`)."""
@@ -160,7 +160,6 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         self.delta = resolve_delta(
             self.world.dataset_name, class_name, delta, getattr(self.world, "shipped", False)
         )
-        self.eta = eta
         self.terminate_on_drop = terminate_on_drop
         self.render_mode = render_mode
         if obs_dtype not in ("float32", "float16"):
