@@ -98,6 +98,8 @@ class Episode:
         self.calls = 1
         self.steps = 0
         self.done = False
+        # the state before the last action, for retract()
+        self._before: tuple[Crop, Crop, np.ndarray, float, np.ndarray] | None = None
 
     def plan(self, action: Action) -> Crop | None:
         """The crop this action asks to score, or ``None`` (stop, or a cut that removes nothing)."""
@@ -115,6 +117,7 @@ class Episode:
     ) -> tuple[float, bool]:
         """Apply the action (with the score of ``crop`` when one was planned); return
         ``(reward, terminated)``."""
+        self._before = (self.crop, self.valid_crop, self.features, self.p_crop, self.history.copy())
         self.history[1:] = self.history[:-1].copy()
         self.history[0] = 0.0
         self.history[0, action] = 1.0
@@ -136,6 +139,21 @@ class Episode:
             terminated = (not ok) and self.terminate_on_drop
         self.done = terminated
         return reward, terminated
+
+    def retract(self) -> None:
+        """Undo the last action: back to the crop (and last valid crop), features, score and action
+        history before it
+        (the episode is live again); the classifier call and the step it cost stay counted.
+
+        The retry rule of :func:`~cutbg_env.rollout.rollout` (``retry=True``), applied to a cut
+        past δ; not a rule of the env, whose episode ends there (the paper's)."""
+        if not self.steps or self._before is None:
+            raise RuntimeError("Episode.retract: no action to undo (one retract per action)")
+        if self.crop != self._before[0]:
+            self.trail.pop()
+        self.crop, self.valid_crop, self.features, self.p_crop, self.history = self._before
+        self._before = None
+        self.done = False
 
     def obs(self, dtype: np.dtype) -> dict[str, np.ndarray]:
         """The observation (see the env's Observation Space)."""

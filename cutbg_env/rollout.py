@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from cutbg_env import MAX_EPISODE_STEPS
-from cutbg_env.actions import Action
+from cutbg_env.actions import CUT_ACTIONS, N_ACTIONS, Action
 from cutbg_env.episode import Episode, new_episode, stack_obs, step_episodes
 from cutbg_env.errors import OptionError
 from cutbg_env.localize import Localization
@@ -20,6 +20,13 @@ from cutbg_env.world import CutWorld
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
 """Maps a batch of observations (``features (N, C, 7, 7)``, ``history (N, 4, 13)``) to
 ``(N,)`` int actions."""
+MaskedPolicy = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
+"""A :data:`Policy` that also takes an ``(N, 13)`` bool mask of the actions it must not take
+(:func:`rollout`'s retry rule; ``STOP`` is never masked). :func:`ensemble_policy`'s policies
+accept one."""
+RETRY_STEPS = MAX_EPISODE_STEPS - 1
+"""Attempts of a retrying rollout in evaluation: with the whole image's call, at most 20
+classifier calls per image."""
 StepHook = Callable[[list[Episode], list[Action]], None]
 """Called before each batched step with the live episodes and the actions about to be applied
 (e.g. to score other actions from the same states); it must not change the episodes."""
@@ -28,7 +35,7 @@ StepHook = Callable[[list[Episode], list[Action]], None]
 def rollout(
     world: CutWorld,
     indices: Sequence[int],
-    policy: Policy,
+    policy: Policy | MaskedPolicy,
     delta: float,
     eta: float = 3.0,
     max_steps: int = MAX_EPISODE_STEPS,
@@ -36,6 +43,7 @@ def rollout(
     obs_dtype: str = "float32",
     observe_score: bool = False,
     on_step: StepHook | None = None,
+    retry: bool = False,
 ) -> list[tuple[Localization, list]]:
     """Run one episode per image, ``chunk`` images per batched forward.
 
@@ -44,6 +52,14 @@ def rollout(
     ``on_step`` sees every step before it is applied (see :data:`StepHook`). An episode ended by
     the env has ``done`` set (by STOP when its last action, ``history[0]``, is STOP; by a cut
     past δ otherwise); one that is not ``done`` hit ``max_steps``.
+
+    ``retry=True`` (a test-time rule, not the env's; ``policy`` is a :data:`MaskedPolicy`): a cut
+    past δ does not end the episode but is undone (:meth:`~cutbg_env.episode.Episode.retract`:
+    the state is as before it, the call and the step stay counted) and refused at that crop, so
+    the policy picks again among the actions not refused there; cuts that remove nothing are
+    masked too (they would cost a step and no call). The episode ends by STOP, when every cut of
+    a crop is refused or removes nothing, or after ``max_steps`` attempts: at most
+    ``1 + max_steps`` calls.
 
     Returns, per image, the localization (the episode's last valid crop, i.e. the last crop
     whose drop stayed ≤ δ, and its classifier calls) and the trail of crops (for figures).
@@ -55,23 +71,46 @@ def rollout(
             new_episode(world, i, delta, eta, True, observe_score)
             for i in indices[start : start + chunk]
         ]
+        refused = np.zeros((len(eps), N_ACTIONS), dtype=bool)
         active = list(range(len(eps)))
         while active:
             batch = stack_obs([eps[j].obs(dtype) for j in active])
-            actions = np.asarray(policy(batch)).reshape(-1)
+            if retry:
+                mask = np.stack([refused[j] | _noop_cuts(eps[j]) for j in active])
+                actions = np.asarray(policy(batch, mask)).reshape(-1)  # type: ignore[call-arg]
+                if mask[np.arange(len(active)), actions].any():
+                    raise OptionError(
+                        "rollout(retry=True): the policy took a masked action; it must be a "
+                        "MaskedPolicy that never takes one (e.g. ensemble_policy([model]))"
+                    )
+            else:
+                actions = np.asarray(policy(batch)).reshape(-1)  # type: ignore[call-arg]
             acts = [Action(int(a)) for a in actions]
             live = [eps[j] for j in active]
             if on_step is not None:
                 on_step(live, acts)
             outcomes = step_episodes(world, live, acts)
-            still = [
-                j
-                for j, (_, terminated) in zip(active, outcomes, strict=True)
-                if not terminated and eps[j].steps < max_steps
-            ]
+            still = []
+            for j, action, (_, terminated) in zip(active, acts, outcomes, strict=True):
+                if retry and action is not Action.STOP:
+                    if terminated:  # a cut past δ: undo it, refuse it at this crop
+                        eps[j].retract()
+                        refused[j, action] = True
+                        terminated = bool((refused[j] | _noop_cuts(eps[j]))[: Action.STOP].all())
+                    else:
+                        refused[j] = False
+                if not terminated and eps[j].steps < max_steps:
+                    still.append(j)
             active = still
         out += [(Localization(e.valid_crop, e.calls, e.steps), list(e.trail)) for e in eps]
     return out
+
+
+def _noop_cuts(episode: Episode) -> np.ndarray:
+    """``(13,)`` bool: the cuts that remove nothing from the episode's crop (STOP ``False``)."""
+    noop = np.zeros(N_ACTIONS, dtype=bool)
+    noop[: Action.STOP] = [episode.plan(a) is None for a in CUT_ACTIONS]
+    return noop
 
 
 def random_policy(seed: int) -> Policy:
@@ -121,7 +160,13 @@ def mean_q_values(models: Sequence, obs: dict[str, np.ndarray]) -> np.ndarray:
     return total / len(models)
 
 
-def ensemble_policy(models: Sequence) -> Policy:
+def ensemble_policy(models: Sequence) -> MaskedPolicy:
     """Greedy actions on the mean Q-values of several SB3 DQN models (an ensemble of
-    independently trained agents; one model gives :func:`sb3_policy`'s actions)."""
-    return lambda obs: mean_q_values(models, obs).argmax(1)
+    independently trained agents; one model gives :func:`sb3_policy`'s actions), among the
+    actions a ``mask`` leaves (all of them without one: a :data:`Policy` too)."""
+
+    def act(obs: dict[str, np.ndarray], mask: np.ndarray | None = None) -> np.ndarray:
+        q = mean_q_values(models, obs)
+        return (q if mask is None else np.where(mask, -np.inf, q)).argmax(1)
+
+    return act

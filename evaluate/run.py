@@ -7,6 +7,10 @@ Methods (same classifier, same images: every test image, positives and negatives
 * ``random_agent``: uniform random actions with the env's stop rules and step budget.
 * ``agent``: greedy rollout of the class's DQN agent.
 * ``agent_refined``: the agent's box intersected with the heat-map rectangle of its crop (§2.3).
+* ``agent_retry`` / ``agent_retry_refined``: the same agent where a cut past δ, instead of
+  ending the episode (the paper's rule), is undone and the agent takes its next-best action
+  there (:func:`~cutbg_env.rollout.rollout` with ``retry=True``), within 20 classifier calls per
+  image; and that box refined.
 * ``exhaustive``: the highest-scoring of ~2,000 multi-scale windows (the proposal approach).
 * ``greedy_cut``: the reward's own policy, all 12 cuts tried every step (~200 calls).
 * ``agent_ensemble`` / ``agent_ensemble_refined`` (with ``--ensemble``; every class needs
@@ -62,6 +66,7 @@ from cutbg_env.refine import (
     setting_key,
 )
 from cutbg_env.rollout import (
+    RETRY_STEPS,
     Policy,
     ensemble_options,
     ensemble_policy,
@@ -230,12 +235,18 @@ def evaluate_class(
     agent_free("heatmap", setting, lambda: ({i: heat(i, FULL_CROP) for i in indices}, 1.0))
 
     def run_policy(
-        name: str, policy: Policy, options: dict[str, bool], refined: bool = True
+        name: str,
+        policy: Policy,
+        options: dict[str, bool],
+        refined: bool = True,
+        retry: bool = False,
     ) -> tuple[dict[int, tuple], dict[int, list]]:
         """Record ``name`` (and ``<name>_refined`` when ``refined``); return the final grid
-        crops and the trails of crops, per image."""
+        crops and the trails of crops, per image. ``retry``: the rollout's retry rule, within
+        :data:`~cutbg_env.rollout.RETRY_STEPS` attempts."""
         t = time.perf_counter()
-        out = rollout(world, indices, policy, delta, **options)
+        rule = {"retry": True, "max_steps": RETRY_STEPS} if retry else {}
+        out = rollout(world, indices, policy, delta, **options, **rule)
         secs = time.perf_counter() - t
         crops = {i: loc.crop for i, (loc, _) in zip(indices, out, strict=True)}
         calls = float(np.mean([loc.calls for loc, _ in out]))
@@ -250,6 +261,7 @@ def evaluate_class(
 
     run_policy("random_agent", random_policy(args.seed), observation_options(model), False)
     crops, trails = run_policy("agent", sb3_policy(model), observation_options(model))
+    run_policy("agent_retry", ensemble_policy([model]), observation_options(model), retry=True)
     if ensemble:
         models = [load_agent(z, args.device) for z in ensemble]
         options = ensemble_options(models, [relpath(z) for z in ensemble])

@@ -15,6 +15,8 @@ METHODS = (
     "random_agent",
     "agent",
     "agent_refined",
+    "agent_retry",
+    "agent_retry_refined",
     "exhaustive",
     "greedy_cut",
 )

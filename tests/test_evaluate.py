@@ -67,6 +67,8 @@ def test_eval_writes_every_method_and_file(tiny_pipeline: dict) -> None:
     assert saved["full_image"]["calls_per_image"] == saved["heatmap"]["calls_per_image"] == 1
     assert saved["agent_refined"]["calls_per_image"] == saved["agent"]["calls_per_image"]
     assert 1 <= saved["agent"]["calls_per_image"] <= 21
+    retry = saved["agent_retry"]["calls_per_image"]
+    assert retry == saved["agent_retry_refined"]["calls_per_image"] and 1 <= retry <= 20
     # the whole image as the box, p̄ as the confidence: recomputed here
     data = open_split("animals", "trainval")
     world = CutWorld("animals", "trainval", "dog", data=data)
@@ -163,7 +165,8 @@ def test_eval_uses_the_agents_training_delta(
         classes="dog", split="trainval", max_images=8, exhaustive_windows=4, figures=0, out=str(out)
     )
     run(args)
-    assert seen == {"greedy_cut": [0.37], "rollout": [0.37, 0.37]}  # random agent, agent
+    # random agent, agent, agent with retries
+    assert seen == {"greedy_cut": [0.37], "rollout": [0.37, 0.37, 0.37]}
     saved = json.loads((out / "eval.json").read_text())
     assert saved["delta"]["values"] == {"dog": 0.37} and saved["images"] == 8
     md = (out / "eval.md").read_text()
