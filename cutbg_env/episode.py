@@ -141,9 +141,9 @@ class Episode:
         return reward, terminated
 
     def retract(self) -> None:
-        """Undo the last action: back to the crop (and last valid crop), features, score and action
-        history before it
-        (the episode is live again); the classifier call and the step it cost stay counted.
+        """Undo the last action: back to the crop (and last valid crop), features, score and
+        action history before it, the episode live again; the classifier call and the step it
+        cost stay counted.
 
         The retry rule of :func:`~cutbg_env.rollout.rollout` (``retry=True``), applied to a cut
         past δ; not a rule of the env, whose episode ends there (the paper's)."""

@@ -67,6 +67,7 @@ from cutbg_env.refine import (
 )
 from cutbg_env.rollout import (
     RETRY_STEPS,
+    MaskedPolicy,
     Policy,
     ensemble_options,
     ensemble_policy,
@@ -236,7 +237,7 @@ def evaluate_class(
 
     def run_policy(
         name: str,
-        policy: Policy,
+        policy: Policy | MaskedPolicy,
         options: dict[str, bool],
         refined: bool = True,
         retry: bool = False,
