@@ -9,7 +9,7 @@ the single env, the batched vector env and evaluation rollouts all step through 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -66,6 +66,17 @@ class ImageSampler:
         return self._order.pop()
 
 
+class Snapshot(NamedTuple):
+    """An :class:`Episode`'s state at one step (:meth:`Episode.snapshot`)."""
+
+    crop: Crop
+    valid_crop: Crop
+    features: np.ndarray
+    p_crop: float
+    history: np.ndarray
+    trail_length: int
+
+
 class Episode:
     """State and rules of one episode (paper eq. 1–2); see :class:`~cutbg_env.env.CutBackgroundEnv`.
 
@@ -98,8 +109,6 @@ class Episode:
         self.calls = 1
         self.steps = 0
         self.done = False
-        # the state before the last action, for retract()
-        self._before: tuple[Crop, Crop, np.ndarray, float, np.ndarray] | None = None
 
     def plan(self, action: Action) -> Crop | None:
         """The crop this action asks to score, or ``None`` (stop, or a cut that removes nothing)."""
@@ -117,7 +126,6 @@ class Episode:
     ) -> tuple[float, bool]:
         """Apply the action (with the score of ``crop`` when one was planned); return
         ``(reward, terminated)``."""
-        self._before = (self.crop, self.valid_crop, self.features, self.p_crop, self.history.copy())
         self.history[1:] = self.history[:-1].copy()
         self.history[0] = 0.0
         self.history[0, action] = 1.0
@@ -140,19 +148,28 @@ class Episode:
         self.done = terminated
         return reward, terminated
 
-    def retract(self) -> None:
-        """Undo the last action: back to the crop (and last valid crop), features, score and
-        action history before it, the episode live again; the classifier call and the step it
-        cost stay counted.
+    def snapshot(self) -> Snapshot:
+        """The state :meth:`restore` goes back to: crop, last valid crop, features, score, action
+        history and trail."""
+        return Snapshot(
+            self.crop,
+            self.valid_crop,
+            self.features,
+            self.p_crop,
+            self.history.copy(),
+            len(self.trail),
+        )
 
-        The retry rule of :func:`~cutbg_env.rollout.rollout` (``retry=True``), applied to a cut
-        past δ; not a rule of the env, whose episode ends there (the paper's)."""
-        if not self.steps or self._before is None:
-            raise RuntimeError("Episode.retract: no action to undo (one retract per action)")
-        if self.crop != self._before[0]:
-            self.trail.pop()
-        self.crop, self.valid_crop, self.features, self.p_crop, self.history = self._before
-        self._before = None
+    def restore(self, state: Snapshot) -> None:
+        """Go back to a :meth:`snapshot`, the episode live again; the classifier calls and steps
+        taken since stay counted.
+
+        The retry rule of :func:`~cutbg_env.rollout.rollout` (``retry=True``) undoes a cut past δ
+        with it; not a rule of the env, whose episode ends there (the paper's)."""
+        self.crop, self.valid_crop = state.crop, state.valid_crop
+        self.features, self.p_crop = state.features, state.p_crop
+        self.history = state.history.copy()  # the snapshot stays as it was: finish shifts in place
+        del self.trail[state.trail_length :]
         self.done = False
 
     def obs(self, dtype: np.dtype) -> dict[str, np.ndarray]:

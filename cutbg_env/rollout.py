@@ -54,7 +54,7 @@ def rollout(
     past δ otherwise); one that is not ``done`` hit ``max_steps``.
 
     ``retry=True`` (a test-time rule, not the env's; ``policy`` is a :data:`MaskedPolicy`): a cut
-    past δ does not end the episode but is undone (:meth:`~cutbg_env.episode.Episode.retract`:
+    past δ does not end the episode but is undone (:meth:`~cutbg_env.episode.Episode.restore`:
     the state is as before it, the call and the step stay counted) and refused at that crop, so
     the policy picks again among the actions not refused there; cuts that remove nothing are
     masked too (they would cost a step and no call). The episode ends by STOP, when every cut of
@@ -89,14 +89,17 @@ def rollout(
             live = [eps[j] for j in active]
             if on_step is not None:
                 on_step(live, acts)
+            before = [e.snapshot() for e in live] if retry else []
             outcomes = step_episodes(world, live, acts)
             still = []
-            for j, action, (_, terminated) in zip(active, acts, outcomes, strict=True):
+            for k, (j, action, (_, terminated)) in enumerate(
+                zip(active, acts, outcomes, strict=True)
+            ):
                 if retry and action is not Action.STOP:
                     if terminated:  # a cut past δ: undo it, refuse it at this crop
-                        eps[j].retract()
-                        refused[j, action] = True
-                        terminated = bool((refused[j] | _noop_cuts(eps[j]))[: Action.STOP].all())
+                        eps[j].restore(before[k])
+                        refused[j, action] = mask[k, action] = True
+                        terminated = bool(mask[k, : Action.STOP].all())
                     else:
                         refused[j] = False
                 if not terminated and eps[j].steps < max_steps:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import BlockWorld, fake_q_model
+from tiny import PLAIN, UP3_Q, BlockWorld, fake_q_model
 
 from cutbg_env.actions import CUT_ACTIONS, Action, apply_cut
 from cutbg_env.episode import Episode, new_episode
@@ -22,8 +22,6 @@ from evaluate.diagnose import cut_verdicts, diagnose, ranking_auc
 from evaluate.diagnose import main as diagnose_main
 
 slow = pytest.mark.slow
-PLAIN = ("features", "history")
-"""Observation keys of a fake agent trained without the score observation."""
 
 
 @pytest.mark.parametrize(
@@ -47,8 +45,6 @@ def test_ranking_auc_needs_both_kinds_and_equal_shapes() -> None:
 
 
 # -- fake agents on a hand-made world ---------------------------------------------------------
-# Q-values of the 12 cuts (UP_1..3, DOWN_1..3, LEFT_1..3, RIGHT_1..3) and STOP: UP_3 is chosen
-UP3_Q = [0.5, 0.6, 1.0, 0.55, 0.2, 0.3, 0.1, 0.2, 0.3, 0.1, 0.2, 0.3, -1.0]
 
 
 def blocks() -> BlockWorld:

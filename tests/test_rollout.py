@@ -1,6 +1,7 @@
-"""Rollouts with the paper's rule and with the retry rule, and :meth:`Episode.retract`, on
-:class:`tiny.BlockWorld` (the score is the share of a hand-placed object block the crop keeps),
-with fake agents of fixed Q-values, so every crop, call and step is worked out by hand.
+"""Rollouts with the paper's rule and with the retry rule, and :meth:`Episode.snapshot` /
+``restore``, on :class:`tiny.BlockWorld` (the score is the share of a hand-placed object block
+the crop keeps), with fake agents of fixed Q-values, so every crop, call and step is worked out
+by hand.
 
 Crops are ``(x0, y0, x1, y1)`` half-open grid cells; actions come in the order
 ``UP_1..3, DOWN_1..3, LEFT_1..3, RIGHT_1..3, STOP``.
@@ -10,18 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tiny import BlockWorld, fake_q_model
+from tiny import PLAIN, UP3_Q, BlockWorld, fake_q_model
 
 from cutbg_env.actions import Action
 from cutbg_env.episode import new_episode
 from cutbg_env.errors import OptionError
 from cutbg_env.geometry import FULL_CROP
 from cutbg_env.rollout import RETRY_STEPS, ensemble_policy, rollout
-
-PLAIN = ("features", "history")
-"""Observation keys of a fake agent trained without the score observation."""
-# UP_3 first, then UP_2, DOWN_1, UP_1, ...; STOP last
-UP3_Q = [0.5, 0.6, 1.0, 0.55, 0.2, 0.3, 0.1, 0.2, 0.3, 0.1, 0.2, 0.3, -1.0]
 
 
 def blocks() -> BlockWorld:
@@ -98,23 +94,19 @@ def test_ensemble_policy_takes_the_best_unmasked_action() -> None:
     assert policy(obs, mask).tolist() == [Action.UP_3, Action.DOWN_1]
 
 
-def test_retract_restores_the_state_before_the_last_cut() -> None:
+def test_restore_goes_back_to_the_snapshot_before_a_cut() -> None:
+    """Restored twice, each time after a cut from it: the same state both times (the snapshot
+    is not changed by the steps after it), with every call and step counted."""
     world = blocks()
     ep = new_episode(world, 0, 0.0, 3.0, True)
+    state = ep.snapshot()
     before = (ep.crop, ep.valid_crop, ep.p_crop, ep.history.copy(), list(ep.trail))
     crop = ep.plan(Action.UP_3)
     feats, scores = world.score_crops(world.mid_maps([0]), [crop])
-    ep.finish(Action.UP_3, crop, feats[0], float(scores[0]))
-    assert ep.crop == (0, 3, 28, 28) and ep.history[0, Action.UP_3] == 1.0
-    ep.retract()
-    assert (ep.crop, ep.valid_crop, ep.p_crop) == before[:3]
-    assert np.array_equal(ep.history, before[3]) and ep.trail == before[4]
-    assert (ep.calls, ep.steps, ep.done) == (2, 1, False)  # the call and the step stay counted
-    with pytest.raises(RuntimeError, match=r"retract: no action to undo"):
-        ep.retract()
-
-
-def test_retract_needs_an_action() -> None:
-    ep = new_episode(blocks(), 0, 0.0, 3.0, True)
-    with pytest.raises(RuntimeError, match=r"Episode.retract: no action to undo"):
-        ep.retract()
+    for n in (1, 2):
+        ep.finish(Action.UP_3, crop, feats[0], float(scores[0]))
+        assert ep.crop == (0, 3, 28, 28) and ep.history[0, Action.UP_3] == 1.0
+        ep.restore(state)
+        assert (ep.crop, ep.valid_crop, ep.p_crop) == before[:3]
+        assert np.array_equal(ep.history, before[3]) and ep.trail == before[4]
+        assert (ep.calls, ep.steps, ep.done) == (1 + n, n, False)

@@ -145,6 +145,13 @@ class BlockWorld:
         return list(feats), [float(s) for s in scores]
 
 
+PLAIN = ("features", "history")
+"""Observation keys of a fake agent trained without the score observation."""
+UP3_Q = [0.5, 0.6, 1.0, 0.55, 0.2, 0.3, 0.1, 0.2, 0.3, 0.1, 0.2, 0.3, -1.0]
+"""Q-values of the 12 cuts (UP_1..3, DOWN_1..3, LEFT_1..3, RIGHT_1..3) and STOP: UP_3 first,
+then UP_2, DOWN_1, UP_1, ...; STOP last."""
+
+
 def fake_q_model(q, keys: tuple[str, ...] = ("features", "history", "score")):
     """The parts of an SB3 DQN that rollouts and ensembles read: ``observation_space`` with
     ``keys``, a pass-through ``policy.obs_to_tensor`` and a ``q_net`` giving Q-values: the list
