@@ -73,6 +73,10 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
       ``p̂`` unchanged, no classifier call;
     * stop: ``+η`` if ``p̄ − p̂ ≤ δ`` else ``−η``.
 
+    With ``undo_drop=True`` a cut whose drop exceeds δ is still rewarded ``−s`` but undone: the
+    crop, features and ``p̂`` stay as before it (its classifier call counts), the action enters
+    the history, as a cut that removes nothing does, and ``info["refused"]`` is ``True``.
+
     ## Starting State
 
     The whole map, ``crop = (0, 0, 28, 28)``, of an image drawn from the images of the split that
@@ -86,8 +90,9 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     Termination: the agent stops, or (the paper's second stop case) a cut makes the score fall
     below the threshold, i.e. ``p̄ − p̂ > δ`` after a cut: that cut is rewarded ``−s`` and ends the
     episode (``terminate_on_drop=True``, the default). ``info["last_valid_crop"]`` is then the crop
-    before that cut, the localization result. Truncation: only through ``max_episode_steps``
-    (20 for the registered id).
+    before that cut, the localization result. With ``undo_drop=True`` only stop ends it (the
+    test-time retry rule of :func:`cutbg_env.rollout.rollout` is this rule). Truncation: only
+    through ``max_episode_steps`` (20 for the registered id).
 
     ## Arguments
 
@@ -106,7 +111,10 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     * ``eta``: η, the absolute reward of the stop action.
       ``delta`` and ``eta`` may be set later (``env.unwrapped.delta = 0.05``, or a vector env's
       ``set_attr``) with the same checks; they apply from the next episode.
-    * ``terminate_on_drop``: end the episode on a cut whose drop exceeds δ.
+    * ``terminate_on_drop``: end the episode on a cut whose drop exceeds δ; ``False`` goes on
+      from the cut crop.
+    * ``undo_drop``: undo such a cut instead, and go on from the crop before it (see Rewards);
+      it cannot be combined with ``terminate_on_drop=False``.
     * ``obs_dtype``: ``"float32"`` (default) or ``"float16"`` for the features and history.
     * ``observe_score``: add the ``"score"`` observation (default ``False``: the paper's state).
     * ``render_mode``: ``"rgb_array"`` draws the image with each cut (green), the current crop
@@ -118,12 +126,13 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     ``info`` after reset and every step: ``crop``/``box`` (grid cells / VOC pixel box of the
     current crop), ``last_valid_crop``/``last_valid_box`` (the last crop whose drop was ≤ δ),
     ``p_full`` (p̄), ``p_crop`` (p̂), ``drop`` (p̄ − p̂), ``calls`` (classifier forwards of
-    ``upper`` + ``head`` this episode, the full map included), ``image_id``, ``index``.
+    ``upper`` + ``head`` this episode, the full map included), ``refused`` (the last action was
+    a cut that ``undo_drop`` undid), ``image_id``, ``index``.
 
     ## Version History
 
-    * v0: initial version; ``observe_score`` is an optional addition (off by default), which
-      changes nothing else.
+    * v0: initial version; ``observe_score`` and ``undo_drop`` are optional additions (off by
+      default), which change nothing else; ``info["refused"]`` is always there.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -139,6 +148,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         eta: float = 3.0,
         device: str = "cpu",
         terminate_on_drop: bool = True,
+        undo_drop: bool = False,
         obs_dtype: str = "float32",
         observe_score: bool = False,
         max_images: int | None = None,
@@ -151,6 +161,11 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         checks.delta("delta=", delta)
         self.eta = eta  # its setter checks it, before the world loads like delta above
         checks.integer("max_images=", max_images, 1)
+        if undo_drop and not terminate_on_drop:
+            raise ValueError(
+                "undo_drop=True with terminate_on_drop=False: a cut past δ is either undone or "
+                "kept; pass only one of them"
+            )
         self.num_threads = configure_threads(num_threads)
         """Torch's CPU threads after this env was built (see :mod:`cutbg_env.threads`)."""
         self.world = world or CutWorld(
@@ -161,6 +176,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
             self.world.dataset_name, class_name, delta, getattr(self.world, "shipped", False)
         )
         self.terminate_on_drop = terminate_on_drop
+        self.undo_drop = bool(undo_drop)
         self.render_mode = render_mode
         if obs_dtype not in ("float32", "float16"):
             raise ValueError(f"obs_dtype={obs_dtype!r}: expected 'float32' or 'float16'")
@@ -239,6 +255,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
             self.eta,
             self.terminate_on_drop,
             self.observe_score,
+            self.undo_drop,
         )
 
     def render(self) -> np.ndarray | None:

@@ -9,7 +9,7 @@ the single env, the batched vector env and evaluation rollouts all step through 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -66,17 +66,6 @@ class ImageSampler:
         return self._order.pop()
 
 
-class Snapshot(NamedTuple):
-    """An :class:`Episode`'s state at one step (:meth:`Episode.snapshot`)."""
-
-    crop: Crop
-    valid_crop: Crop
-    features: np.ndarray
-    p_crop: float
-    history: np.ndarray
-    trail_length: int
-
-
 class Episode:
     """State and rules of one episode (paper eq. 1–2); see :class:`~cutbg_env.env.CutBackgroundEnv`.
 
@@ -95,8 +84,10 @@ class Episode:
         eta: float,
         terminate_on_drop: bool = True,
         observe_score: bool = False,
+        undo_drop: bool = False,
     ) -> None:
         self.index, self.image_id = index, image_id
+        self.undo_drop = undo_drop
         self.observe_score = observe_score
         self.height, self.width = image_size
         self.delta, self.eta, self.terminate_on_drop = delta, eta, terminate_on_drop
@@ -109,6 +100,8 @@ class Episode:
         self.calls = 1
         self.steps = 0
         self.done = False
+        self.refused = False
+        """The last action was a cut past δ that :attr:`undo_drop` undid."""
 
     def plan(self, action: Action) -> Crop | None:
         """The crop this action asks to score, or ``None`` (stop, or a cut that removes nothing)."""
@@ -130,6 +123,7 @@ class Episode:
         self.history[0] = 0.0
         self.history[0, action] = 1.0
         self.steps += 1
+        self.refused = False
         if action is Action.STOP:
             ok = self.p_full - self.p_crop <= self.delta
             reward, terminated = (self.eta if ok else -self.eta), True
@@ -138,39 +132,17 @@ class Episode:
         else:
             assert features is not None and score is not None
             self.calls += 1
-            self.crop, self.features, self.p_crop = crop, features, float(score)
-            self.trail.append(crop)
-            ok = self.p_full - self.p_crop <= self.delta
+            ok = self.p_full - float(score) <= self.delta
+            self.refused = not ok and self.undo_drop
+            if not self.refused:
+                self.crop, self.features, self.p_crop = crop, features, float(score)
+                self.trail.append(crop)
             if ok:
                 self.valid_crop = crop
             reward = float(action.scale) if ok else -float(action.scale)
-            terminated = (not ok) and self.terminate_on_drop
+            terminated = (not ok) and self.terminate_on_drop and not self.undo_drop
         self.done = terminated
         return reward, terminated
-
-    def snapshot(self) -> Snapshot:
-        """The state :meth:`restore` goes back to: crop, last valid crop, features, score, action
-        history and trail."""
-        return Snapshot(
-            self.crop,
-            self.valid_crop,
-            self.features,
-            self.p_crop,
-            self.history.copy(),
-            len(self.trail),
-        )
-
-    def restore(self, state: Snapshot) -> None:
-        """Go back to a :meth:`snapshot`, the episode live again; the classifier calls and steps
-        taken since stay counted.
-
-        The retry rule of :func:`~cutbg_env.rollout.rollout` (``retry=True``) undoes a cut past δ
-        with it; not a rule of the env, whose episode ends there (the paper's)."""
-        self.crop, self.valid_crop = state.crop, state.valid_crop
-        self.features, self.p_crop = state.features, state.p_crop
-        self.history = state.history.copy()  # the snapshot stays as it was: finish shifts in place
-        del self.trail[state.trail_length :]
-        self.done = False
 
     def obs(self, dtype: np.dtype) -> dict[str, np.ndarray]:
         """The observation (see the env's Observation Space)."""
@@ -193,6 +165,7 @@ class Episode:
             "p_crop": self.p_crop,
             "drop": self.p_full - self.p_crop,
             "calls": self.calls,
+            "refused": self.refused,
             "image_id": self.image_id,
             "index": self.index,
         }
@@ -226,6 +199,7 @@ def new_episode(
     eta: float,
     terminate_on_drop: bool,
     observe_score: bool = False,
+    undo_drop: bool = False,
 ) -> Episode:
     """Start an episode on dataset image ``index`` (its whole-map score comes from the cache)."""
     ann = world.data.annotation(index)
@@ -240,4 +214,5 @@ def new_episode(
         eta,
         terminate_on_drop,
         observe_score,
+        undo_drop,
     )

@@ -53,13 +53,13 @@ def rollout(
     the env has ``done`` set (by STOP when its last action, ``history[0]``, is STOP; by a cut
     past δ otherwise); one that is not ``done`` hit ``max_steps``.
 
-    ``retry=True`` (a test-time rule, not the env's; ``policy`` is a :data:`MaskedPolicy`): a cut
-    past δ does not end the episode but is undone (:meth:`~cutbg_env.episode.Episode.restore`:
-    the state is as before it, the call and the step stay counted) and refused at that crop, so
-    the policy picks again among the actions not refused there; cuts that remove nothing are
-    masked too (they would cost a step and no call). The episode ends by STOP, when every cut of
-    a crop is refused or removes nothing, or after ``max_steps`` attempts: at most
-    ``1 + max_steps`` calls.
+    ``retry=True`` (``policy`` is a :data:`MaskedPolicy`): the env's undo rule (``undo_drop``):
+    a cut past δ does not end the episode but is undone (the crop, features and score stay as
+    before it; the action enters the history; the call and the step count), and the rollout
+    refuses it at that crop, so the policy picks again among the actions not refused there; cuts
+    that remove nothing are masked too (they would cost a step and no call). The episode ends by
+    STOP, when every cut of a crop is refused or removes nothing, or after ``max_steps``
+    attempts: at most ``1 + max_steps`` calls.
 
     Returns, per image, the localization (the episode's last valid crop, i.e. the last crop
     whose drop stayed ≤ δ, and its classifier calls) and the trail of crops (for figures).
@@ -68,7 +68,7 @@ def rollout(
     out: list[tuple[Localization, list]] = []
     for start in range(0, len(indices), chunk):
         eps: list[Episode] = [
-            new_episode(world, i, delta, eta, True, observe_score)
+            new_episode(world, i, delta, eta, True, observe_score, undo_drop=retry)
             for i in indices[start : start + chunk]
         ]
         refused = np.zeros((len(eps), N_ACTIONS), dtype=bool)
@@ -89,15 +89,13 @@ def rollout(
             live = [eps[j] for j in active]
             if on_step is not None:
                 on_step(live, acts)
-            before = [e.snapshot() for e in live] if retry else []
             outcomes = step_episodes(world, live, acts)
             still = []
             for k, (j, action, (_, terminated)) in enumerate(
                 zip(active, acts, outcomes, strict=True)
             ):
                 if retry and action is not Action.STOP:
-                    if terminated:  # a cut past δ: undo it, refuse it at this crop
-                        eps[j].restore(before[k])
+                    if eps[j].refused:  # a cut past δ, undone: refuse it at this crop
                         refused[j, action] = mask[k, action] = True
                         terminated = bool(mask[k, : Action.STOP].all())
                     else:

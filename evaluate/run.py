@@ -8,8 +8,9 @@ Methods (same classifier, same images: every test image, positives and negatives
 * ``agent``: greedy rollout of the class's DQN agent.
 * ``agent_refined``: the agent's box intersected with the heat-map rectangle of its crop (§2.3).
 * ``agent_retry`` / ``agent_retry_refined``: the same agent where a cut past δ, instead of
-  ending the episode (the paper's rule), is undone and the agent takes its next-best action
-  there (:func:`~cutbg_env.rollout.rollout` with ``retry=True``), within 20 classifier calls per
+  ending the episode (the paper's rule), is undone (the env's ``undo_drop``: the refused cut
+  enters the action history) and the agent takes its best action not refused there
+  (:func:`~cutbg_env.rollout.rollout` with ``retry=True``), within 20 classifier calls per
   image; and that box refined.
 * ``exhaustive``: the highest-scoring of ~2,000 multi-scale windows (the proposal approach).
 * ``greedy_cut``: the reward's own policy, all 12 cuts tried every step (~200 calls).

@@ -50,6 +50,7 @@ INFO_KEYS = {
     "p_crop",
     "drop",
     "calls",
+    "refused",
     "image_id",
     "index",
 }
@@ -465,6 +466,27 @@ def test_cut_beyond_delta_without_termination() -> None:
     assert ep.calls == 2 and ep.crop == (0, 0, 28, 26)
 
 
+def test_cut_beyond_delta_is_undone_with_undo_drop() -> None:
+    """A cut past δ: −s, the crop, features and score of before it, the action in the history,
+    the call counted; the episode goes on, and the next valid cut clears ``refused``."""
+    ep = make_episode(undo_drop=True)
+    ep.finish(Action.UP_1, ep.plan(Action.UP_1), feats_of(1), 0.88)
+    reward, terminated = ep.finish(Action.RIGHT_3, ep.plan(Action.RIGHT_3), feats_of(2), 0.7)
+    assert (reward, terminated) == (-3.0, False) and not ep.done
+    assert ep.crop == ep.valid_crop == (0, 1, 28, 28) and ep.trail == [FULL_CROP, (0, 1, 28, 28)]
+    assert ep.p_crop == 0.88 and ep.calls == 3 and ep.steps == 2
+    info = ep.info()
+    assert info["refused"] is True and info["drop"] == pytest.approx(0.02)
+    obs = ep.obs(np.dtype(np.float32))
+    np.testing.assert_array_equal(obs["features"], feats_of(1))
+    assert (
+        obs["history"][0].argmax() == Action.RIGHT_3 and obs["history"][1].argmax() == Action.UP_1
+    )
+    reward, terminated = ep.finish(Action.RIGHT_1, ep.plan(Action.RIGHT_1), feats_of(3), 0.85)
+    assert (reward, terminated) == (1.0, False) and ep.info()["refused"] is False
+    assert ep.crop == ep.valid_crop == (0, 1, 27, 28)
+
+
 @pytest.mark.parametrize(("score", "expected"), [(0.9, 3.0), (0.85, 3.0), (0.5, -3.0)])
 def test_stop(score: float, expected: float) -> None:
     ep = make_episode(terminate_on_drop=False)
@@ -854,6 +876,21 @@ def test_observe_score_adds_the_score_and_drop(world: CutWorld, env_kwargs: dict
     obs_plain, _ = plain.reset(seed=3)
     obs_score, _ = env.reset(seed=3)
     np.testing.assert_array_equal(obs_plain["features"], obs_score["features"])
+
+
+def test_undo_drop_passes_the_checkers(env_id: str, env_kwargs: dict, world: CutWorld) -> None:
+    env = gym.make(env_id, world=world, undo_drop=True, **env_kwargs)
+    gym_check_env(env.unwrapped)
+    sb3_check_env(env, warn=False)
+    spec = json.loads(gym.make(env_id, undo_drop=True, **env_kwargs).spec.to_json())
+    assert spec["kwargs"]["undo_drop"] is True
+
+
+def test_undo_drop_without_termination_is_refused(env_kwargs: dict, world: CutWorld) -> None:
+    with pytest.raises(
+        ValueError, match=r"^undo_drop=True with terminate_on_drop=False: .*pass only one of them$"
+    ):
+        shared_env(world, env_kwargs, undo_drop=True, terminate_on_drop=False)
 
 
 def test_observe_score_passes_the_checkers(env_id: str, env_kwargs: dict, world: CutWorld) -> None:

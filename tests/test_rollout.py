@@ -1,7 +1,6 @@
-"""Rollouts with the paper's rule and with the retry rule, and :meth:`Episode.snapshot` /
-``restore``, on :class:`tiny.BlockWorld` (the score is the share of a hand-placed object block
-the crop keeps), with fake agents of fixed Q-values, so every crop, call and step is worked out
-by hand.
+"""Rollouts with the paper's rule and with the retry rule (the env's ``undo_drop``), on
+:class:`tiny.BlockWorld` (the score is the share of a hand-placed object block the crop keeps),
+with fake agents of fixed Q-values, so every crop, call and step is worked out by hand.
 
 Crops are ``(x0, y0, x1, y1)`` half-open grid cells; actions come in the order
 ``UP_1..3, DOWN_1..3, LEFT_1..3, RIGHT_1..3, STOP``.
@@ -14,7 +13,6 @@ import pytest
 from tiny import PLAIN, UP3_Q, BlockWorld, fake_q_model
 
 from cutbg_env.actions import Action
-from cutbg_env.episode import new_episode
 from cutbg_env.errors import OptionError
 from cutbg_env.geometry import FULL_CROP
 from cutbg_env.rollout import RETRY_STEPS, ensemble_policy, rollout
@@ -94,19 +92,18 @@ def test_ensemble_policy_takes_the_best_unmasked_action() -> None:
     assert policy(obs, mask).tolist() == [Action.UP_3, Action.DOWN_1]
 
 
-def test_restore_goes_back_to_the_snapshot_before_a_cut() -> None:
-    """Restored twice, each time after a cut from it: the same state both times (the snapshot
-    is not changed by the steps after it), with every call and step counted."""
-    world = blocks()
-    ep = new_episode(world, 0, 0.0, 3.0, True)
-    state = ep.snapshot()
-    before = (ep.crop, ep.valid_crop, ep.p_crop, ep.history.copy(), list(ep.trail))
-    crop = ep.plan(Action.UP_3)
-    feats, scores = world.score_crops(world.mid_maps([0]), [crop])
-    for n in (1, 2):
-        ep.finish(Action.UP_3, crop, feats[0], float(scores[0]))
-        assert ep.crop == (0, 3, 28, 28) and ep.history[0, Action.UP_3] == 1.0
-        ep.restore(state)
-        assert (ep.crop, ep.valid_crop, ep.p_crop) == before[:3]
-        assert np.array_equal(ep.history, before[3]) and ep.trail == before[4]
-        assert (ep.calls, ep.steps, ep.done) == (1 + n, n, False)
+def test_retry_shows_the_refused_cut_in_the_history() -> None:
+    """δ = 0, image 0: the third step's UP_3 is refused; the fourth observation has the features
+    of the crop before it and UP_3 as its last action, as the env with ``undo_drop`` gives."""
+    seen: list[dict] = []
+    inner = ensemble_policy([fake_q_model(UP3_Q, PLAIN)])
+
+    def policy(obs: dict, mask: np.ndarray) -> np.ndarray:
+        seen.append({k: v.copy() for k, v in obs.items()})
+        return inner(obs, mask)
+
+    rollout(blocks(), [0], policy, 0.0, max_steps=4, retry=True)
+    assert len(seen) == 4
+    np.testing.assert_array_equal(seen[3]["features"], seen[2]["features"])
+    assert seen[3]["history"][0, 0].argmax() == Action.UP_3
+    assert seen[3]["history"][0, 1:3].argmax(1).tolist() == [Action.UP_3, Action.UP_3]
