@@ -19,7 +19,6 @@ MINUTES ?= 2.9
 FROM_SCRATCH ?=
 RESUME ?=
 FORCE ?=
-SHIPPED := cutbg_env/assets/animals-classifier.pt
 EVAL_ARGS ?=
 # Paths are passed quoted ('$(DATASET)'), so a folder with spaces works: DATASET='/a b/c'.
 CLASSES = $(shell $(PY) -c "import sys; from cutbg_env.data import VOCDataset, resolve_dataset; print(' '.join(VOCDataset(resolve_dataset(sys.argv[1]), 'trainval').classes))" '$(DATASET)' 2>/dev/null)
@@ -103,10 +102,7 @@ eval: $(STAMP) $(if $(SEEDS),$(SEED_ZIPS))
 # The README's first command: data, classifier, δ, one agent, every method evaluated.
 demo: $(STAMP)
 	$(PY) -m cutbg_env.data generate
-ifeq ($(FROM_SCRATCH),)
-	@mkdir -p runs/animals
-	@test -f runs/animals/classifier.pt || cp $(SHIPPED) runs/animals/classifier.pt
-else
+ifneq ($(FROM_SCRATCH),)
 	$(PY) -m train classifier --dataset animals --minutes $(MINUTES) --force
 endif
 	$(PY) -m train calibrate --dataset animals --classes $(CLASS)

@@ -57,12 +57,21 @@ CALIBRATION_TABLES = ("delta", "heatmap_layer", "heatmap_region", "heatmap_thres
 """The per-class tables of a calibration file (each maps a class to its value)."""
 
 
-def load_calibration(dataset: str) -> dict:
-    """The calibration file of a dataset (``{}`` when there is none).
+def load_calibration(dataset: str, shipped_classifier: bool = False) -> dict:
+    """The calibration file of a dataset (``{}`` when there is none); with
+    ``shipped_classifier`` (the stage runs the classifier shipped with the package), the shipped
+    calibration (:func:`cutbg_env.shipped.calibration`) fills in each table's classes the file
+    lacks.
 
     Raises :class:`DataError` naming the file and the command that recreates it when it is not
     UTF-8 JSON, not an object, a table is not an object of classes, or a δ is not a number in
     [0, 1]."""
+    calib = _read_calibration(dataset)
+    return _with_shipped(calib) if shipped_classifier else calib
+
+
+def _read_calibration(dataset: str) -> dict:
+    """:func:`load_calibration` of the file alone."""
     path = paths.calibration_path(dataset)
     if not path.is_file():
         return {}
@@ -90,6 +99,18 @@ def load_calibration(dataset: str) -> dict:
     return calib
 
 
+def _with_shipped(calib: dict) -> dict:
+    """``calib`` over the shipped calibration: per table, a class's value from ``calib`` when it
+    has one, else the shipped one's."""
+    from cutbg_env import shipped
+
+    merged = dict(calib)
+    base = shipped.calibration()
+    for key in CALIBRATION_TABLES:
+        merged[key] = base.get(key, {}) | calib.get(key, {})
+    return merged
+
+
 def resolve_delta(
     dataset: str, class_name: str, delta: float | None, shipped_classifier: bool = False
 ) -> float:
@@ -99,15 +120,9 @@ def resolve_delta(
     :data:`DEFAULT_DELTA` with a warning."""
     if delta is not None:
         return float(delta)
-    calib = load_calibration(dataset).get("delta", {})
+    calib = load_calibration(dataset, shipped_classifier).get("delta", {})
     if class_name in calib:
         return float(calib[class_name])
-    if shipped_classifier:
-        from cutbg_env import shipped
-
-        calib = shipped.calibration().get("delta", {})
-        if class_name in calib:
-            return float(calib[class_name])
     command = paths.stage_hint(f"python -m train calibrate --dataset {dataset}")
     warnings.warn(
         f"no calibrated delta for {dataset}/{class_name} ({paths.calibration_path(dataset)}); "

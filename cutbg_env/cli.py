@@ -93,7 +93,8 @@ class StageArgs:
     root: str | None = None
     """Dataset folder overriding the default location of ``dataset``."""
     checkpoint: str | None = None
-    """Classifier checkpoint (default: runs/<dataset>/classifier.pt)."""
+    """Classifier checkpoint (default: runs/<dataset>/classifier.pt; on animals, when that is
+    missing, the one shipped with the package)."""
     device: str = "cpu"
     """Torch device (cpu or cuda)."""
 
@@ -107,7 +108,9 @@ class StageArgs:
             parent()
 
     def classifier_file(self) -> Path:
-        """``checkpoint``, else the dataset's default classifier path."""
-        from cutbg_env.paths import classifier_path
+        """The classifier the stage reads, found as the env finds it: ``checkpoint``, else
+        ``runs/<dataset>/classifier.pt``, else on ``animals`` the one shipped with the package
+        (:func:`cutbg_env.world.classifier_file`)."""
+        from cutbg_env.world import classifier_file
 
-        return Path(self.checkpoint) if self.checkpoint else classifier_path(self.dataset)
+        return classifier_file(self.dataset, self.checkpoint)

@@ -183,9 +183,10 @@ def step_episodes(
     need = [k for k, c in enumerate(plans) if c is not None]
     scored: dict[int, tuple[np.ndarray, float]] = {}
     if need:
-        mids = world.mid_maps([episodes[k].index for k in need])
-        feats, scores = world.score_crops(mids, np.asarray([plans[k] for k in need]))
-        scored = {k: (feats[n], float(scores[n])) for n, k in enumerate(need)}
+        results = world.score_image_crops(
+            [episodes[k].index for k in need], [plans[k] for k in need]
+        )
+        scored = dict(zip(need, results, strict=True))
     return [
         ep.finish(a, plans[k], *scored.get(k, (None, None)))
         for k, (ep, a) in enumerate(zip(episodes, actions, strict=True))

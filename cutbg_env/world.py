@@ -3,12 +3,15 @@
 Everything an env step needs is a pure function of ``(mid-level map, crop, class)``:
 :meth:`CutWorld.score_crops` takes a *batch* of them and runs ``upper`` + ``head`` once, so one
 episode or N episodes cost one forward. Mid-level maps are computed once per image (``lower``)
-and cached; a whole split can be precomputed. The episode rules live in
-:mod:`cutbg_env.episode`.
+and cached; a whole split can be precomputed. With ``crop_cache_mb`` the scored crops of each
+image are kept too (least recently used first out), so an episode that revisits a crop, as
+training's repeated passes over the same images do, costs no forward
+(:meth:`CutWorld.score_image_crops`). The episode rules live in :mod:`cutbg_env.episode`.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -67,6 +70,8 @@ class CutWorld:
         data: an already opened split (shares its annotation cache instead of reopening it).
         amp: run the classifier's forwards under bf16 autocast; ``None`` = on CUDA only (the
             GPU path; ``True`` on the CPU runs the same code path there, for tests).
+        crop_cache_mb: memory for the scored crops of :meth:`score_image_crops` (features and
+            score per image and crop, least recently used evicted first); 0 = none.
     """
 
     def __init__(
@@ -82,8 +87,10 @@ class CutWorld:
         model: Classifier | None = None,
         data: VOCDataset | None = None,
         amp: bool | None = None,
+        crop_cache_mb: float = 0.0,
     ) -> None:
         checks.integer("max_images=", max_images, 1)
+        checks.real("crop_cache_mb=", crop_cache_mb, 0.0, required=True)
         checks.device("device=", device)
         self.dataset_name = dataset
         self.data = data if data is not None else VOCDataset(resolve_dataset(dataset, root), split)
@@ -108,6 +115,13 @@ class CutWorld:
         self.cache_dtype = getattr(torch, cache_dtype)
         self._cache: dict[int, torch.Tensor] = {}
         self._full: dict[int, tuple[np.ndarray, float]] = {}
+        self._crops: OrderedDict[tuple[int, ...], tuple[np.ndarray, float]] = OrderedDict()
+        self._crop_bytes = 0
+        self.crop_cache_bytes = int(crop_cache_mb * 2**20)
+        self.crop_hits = 0
+        """Crops :meth:`score_image_crops` found in the crop cache (no forward)."""
+        self.crop_misses = 0
+        """Crops :meth:`score_image_crops` scored with a forward."""
         self.amp = self.device.type == "cuda" if amp is None else amp
         self.param_dtype = next(model.parameters()).dtype
         # Zero-padded crops drive many activations to subnormal floats, which run several times
@@ -180,6 +194,44 @@ class CutWorld:
             features = feats.float().clamp_max_(FEATURE_HIGH).cpu().numpy()
         scores = 1.0 / (1.0 + np.exp(-logits.cpu().numpy().astype(np.float64)))
         return features, scores
+
+    def score_image_crops(
+        self, indices: Sequence[int], crops: Sequence[tuple[int, int, int, int]]
+    ) -> list[tuple[np.ndarray, float]]:
+        """:meth:`score_crops` of the crops of dataset images (``indices[k]``'s map cut to
+        ``crops[k]``), through the crop cache: each distinct miss is scored once, in one batch.
+        Returns per crop its ``(C_top, 7, 7)`` features (shared with the cache: do not modify
+        them) and its score."""
+        keys = [(i, *c) for i, c in zip(indices, crops, strict=True)]
+        found: dict[tuple[int, ...], tuple[np.ndarray, float]] = {}
+        if self.crop_cache_bytes:
+            for k in keys:
+                hit = self._crops.get(k)
+                if hit is not None:
+                    self._crops.move_to_end(k)
+                    found[k] = hit
+        missing = [k for k in dict.fromkeys(keys) if k not in found]
+        self.crop_hits += len(keys) - len(missing)
+        self.crop_misses += len(missing)
+        if missing:
+            mids = self.mid_maps([k[0] for k in missing])
+            feats, scores = self.score_crops(mids, np.asarray([k[1:] for k in missing]))
+            for k, f, p in zip(missing, feats, scores, strict=True):
+                found[k] = (f.copy() if self.crop_cache_bytes else f, float(p))
+            if self.crop_cache_bytes:
+                self._keep(missing, found)
+        return [found[k] for k in keys]
+
+    def _keep(
+        self, keys: list[tuple[int, ...]], found: dict[tuple[int, ...], tuple[np.ndarray, float]]
+    ) -> None:
+        """Add scored crops to the crop cache, evicting the least recently used past its size."""
+        for k in keys:
+            self._crops[k] = found[k]
+            self._crop_bytes += found[k][0].nbytes
+        while self._crop_bytes > self.crop_cache_bytes and self._crops:
+            _, (f, _) = self._crops.popitem(last=False)
+            self._crop_bytes -= f.nbytes
 
     def full(self, indices: Sequence[int]) -> tuple[list[np.ndarray], list[float]]:
         """Senior features and score ``p̄`` of whole maps, computed once per image and cached

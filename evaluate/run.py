@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cutbg_env import checks, paths
+from cutbg_env import checks, paths, shipped
 from cutbg_env.backbone import load_classifier
 from cutbg_env.calibration import load_calibration
 from cutbg_env.cli import StageArgs
@@ -306,7 +306,8 @@ def run(args: EvalArgs) -> dict:
         command = paths.make_command("train", args.dataset, **variables, FORCE=1)
         check_run(zip_path.parent, f"retrain it with `{command}`")
     hint = paths.make_command("train-classifier", args.dataset)
-    model, _ = load_classifier(args.classifier_file(), args.device, hint=hint)
+    ckpt = args.classifier_file()
+    model, _ = load_classifier(ckpt, args.device, hint=hint)
     indices = list(range(len(data)))[: args.max_images]
     unmeasurable = [c for c in classes if not has_positive(data, c, indices)]
     if len(unmeasurable) == len(classes):
@@ -333,7 +334,7 @@ def run(args: EvalArgs) -> dict:
     methods = METHODS + ENSEMBLE_METHODS if ensembles else METHODS
     check_writable(out, "--out")  # before the evaluation, not after it
     remove_stale_temps(out, recursive=True)  # of killed evaluations
-    calibration = load_calibration(args.dataset)
+    calibration = load_calibration(args.dataset, shipped.is_shipped_classifier(ckpt))
     worlds = {
         c: CutWorld(
             args.dataset, split, c, root=args.root, device=args.device, model=model, data=data

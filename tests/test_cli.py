@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cutbg_env import paths
+from cutbg_env import paths, shipped
 from cutbg_env.calibration import DEFAULT_DELTA, load_calibration, resolve_delta
 from cutbg_env.cli import StageArgs, command_main, run_cli, subcommand_main
 from cutbg_env.data import dataset_splits, open_split
@@ -98,10 +98,35 @@ def test_subcommand_main_runs_the_chosen_stage() -> None:
 
 
 def test_stage_args_classifier_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from train.classifier import ClassifierArgs
+
     monkeypatch.setenv("CUTBG_RUNS", str(tmp_path))
-    assert StageArgs().classifier_file() == tmp_path / "animals" / "classifier.pt"
+    # No trained classifier: the stages read the shipped one on animals, as the env does ...
+    assert StageArgs().classifier_file() == shipped.classifier_path()
     assert StageArgs(dataset="voc2007").classifier_file() == tmp_path / "voc2007" / "classifier.pt"
     assert StageArgs(checkpoint="my.pt").classifier_file() == Path("my.pt")
+    # ... but the classifier stage writes to the runs folder, never over the shipped file.
+    assert ClassifierArgs().classifier_file() == tmp_path / "animals" / "classifier.pt"
+    trained = tmp_path / "animals" / "classifier.pt"
+    trained.parent.mkdir()
+    trained.write_bytes(b"")
+    assert StageArgs().classifier_file() == trained  # a trained one wins
+
+
+def test_agent_delta_falls_back_to_the_shipped_calibration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from train.agent import AgentArgs, class_delta
+
+    monkeypatch.setenv("CUTBG_RUNS", str(tmp_path))
+    shipped_delta = shipped.calibration()["delta"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the shipped classifier's δ: no default-δ warning
+        assert class_delta(AgentArgs(class_name="cat")) == shipped_delta["cat"]
+        assert class_delta(AgentArgs(class_name="cat", delta=0.3)) == 0.3
+    mine = tmp_path / "mine.pt"  # another classifier: the shipped δ is not its δ
+    with pytest.warns(UserWarning, match=r"no calibrated delta for animals/cat"):
+        assert class_delta(AgentArgs(class_name="cat", checkpoint=str(mine))) == DEFAULT_DELTA
 
 
 def test_classifier_args_write_to_the_checkpoint_field() -> None:
@@ -227,6 +252,14 @@ def test_load_calibration_and_resolve_delta(
         assert resolve_delta("animals", "dog", None) == 0.25
         assert resolve_delta("animals", "dog", 0) == 0.0  # a given δ wins, 0 included
         assert resolve_delta("animals", "cat", 0.5) == 0.5
+    # With the shipped classifier the shipped calibration fills in what the file lacks.
+    both = load_calibration("animals", shipped_classifier=True)
+    assert both["delta"] == shipped.calibration()["delta"] | {"dog": 0.25}
+    assert both["heatmap_layer"] == shipped.calibration()["heatmap_layer"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_delta("animals", "dog", None, True) == 0.25  # the file's value wins
+        assert resolve_delta("animals", "cat", None, True) == shipped.calibration()["delta"]["cat"]
     path.write_text("{oops")
     with pytest.raises(
         DataError,

@@ -36,7 +36,7 @@ from cutbg_env import MAX_EPISODE_STEPS, Action
 from cutbg_env.actions import CUT_ACTIONS, MIN_CELLS, N_ACTIONS, apply_cut
 from cutbg_env.env import CutBackgroundEnv, draw_crops, parse_action
 from cutbg_env.episode import HISTORY, Episode
-from cutbg_env.errors import CheckpointError, DataError, UnknownClassError
+from cutbg_env.errors import CheckpointError, DataError, OptionError, UnknownClassError
 from cutbg_env.geometry import FULL_CROP, crop_to_box
 from cutbg_env.world import CutWorld
 
@@ -647,6 +647,56 @@ def test_rewards_follow_scores(
     if which == "first" and len(set(firsts)) > 1:
         assert signs == {1.0, -1.0}, "both outcomes should occur with this delta"
     assert signs
+
+
+def cached_world(world: CutWorld, crop_cache_mb: float) -> CutWorld:
+    """A world like ``world`` (its classifier and data) with a crop cache of that size."""
+    return CutWorld(
+        world.dataset_name,
+        "trainval",
+        world.class_name,
+        model=world.model,
+        data=world.data,
+        crop_cache_mb=crop_cache_mb,
+    )
+
+
+def test_crop_cache_returns_the_forward_result(world: CutWorld, env_kwargs: dict) -> None:
+    """Cached crops come back as a forward scores them; each distinct crop is scored once, a
+    repeat (in the batch or later) comes from the cache, the least recently used goes first."""
+    i, j = world.positives[:2]
+    a, b, c = (1, 0, 28, 28), (0, 2, 28, 28), (0, 0, 27, 25)
+    cached = cached_world(world, 1.0)
+    indices, crops = [i, i, j, i], [a, b, a, a]
+    first = cached.score_image_crops(indices, crops)
+    assert (cached.crop_misses, cached.crop_hits) == (3, 1)
+    again = cached.score_image_crops(indices, crops)
+    assert (cached.crop_misses, cached.crop_hits) == (3, 5)
+    feats, scores = world.score_crops(world.mid_maps(indices), np.asarray(crops))
+    for (f1, p1), (f2, p2), f, p in zip(first, again, feats, scores, strict=True):
+        assert f2 is f1 and p2 == p1  # the cache's own entry
+        np.testing.assert_allclose(f1, f, atol=1e-6)
+        assert p1 == pytest.approx(float(p), abs=1e-9)
+    # Room for two entries: scoring a third evicts the least recently used one.
+    size = first[0][0].nbytes
+    small = cached_world(world, 2.5 * size / 2**20)
+    for crop in (a, b, c):
+        small.score_image_crops([i], [crop])
+    assert (small.crop_misses, small.crop_hits) == (3, 0)
+    small.score_image_crops([i], [c])  # kept
+    small.score_image_crops([i], [a])  # evicted: scored again
+    assert (small.crop_misses, small.crop_hits) == (4, 1)
+    # No cache: only a repeat within one batch is saved.
+    assert world.crop_cache_bytes == 0
+    before = world.crop_misses
+    world.score_image_crops([i, i], [a, a])
+    world.score_image_crops([i], [a])
+    assert world.crop_misses - before == 2
+
+
+def test_crop_cache_size_must_be_a_number(world: CutWorld) -> None:
+    with pytest.raises(OptionError, match=r"crop_cache_mb=-1\.0: must be a finite number ≥ 0"):
+        cached_world(world, -1.0)
 
 
 def test_delta_extremes_on_real_env(

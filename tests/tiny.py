@@ -14,6 +14,7 @@ import torch
 
 from cutbg_env.backbone import BackboneConfig, Classifier, save_classifier
 from cutbg_env.data import GeneratorConfig, VOCDataset, generate
+from cutbg_env.world import CutWorld
 
 TINY_CONFIG = GeneratorConfig(n_trainval=24, n_test=12, seed=0)
 """The tiny cluttered-animals dataset (same config as ``conftest.TINY_ANIMALS``)."""
@@ -109,6 +110,10 @@ class BlockWorld:
         self.class_name = "block"
         self.positives = sorted(blocks)
         self.batches = self.scored = 0
+        self.crop_cache_bytes = self.crop_hits = self.crop_misses = 0
+
+    # the real world's crop-cache front end, over this world's score_crops (the cache is off)
+    score_image_crops = CutWorld.score_image_crops
 
     def mid_maps(self, indices) -> torch.Tensor:
         maps = torch.zeros((len(indices), 2, 28, 28))

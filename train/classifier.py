@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from cutbg_env import checks, runs
+from cutbg_env import checks, paths, runs
 from cutbg_env.backbone import (
     BackboneConfig,
     Classifier,
@@ -48,6 +48,8 @@ class ClassifierArgs(StageArgs):
     The defaults are the shipped checkpoint's recipe: 30 minutes from scratch, then a 4-minute
     CutMix fine-tune at a quarter of the learning rate."""
 
+    checkpoint: str | None = None
+    """Where the classifier is written (default: runs/<dataset>/classifier.pt)."""
     minutes: float = sum(RECIPE_MINUTES)
     """Wall-clock budget of the whole recipe in minutes (loading, both stages, their test-set
     AP), split between the stages by ``--finetune-share``; each stage's learning rate follows a
@@ -115,6 +117,11 @@ class ClassifierArgs(StageArgs):
         if self.dataset in ("voc2007", "voc2012"):
             return BackboneConfig.voc(self.weights)
         return BackboneConfig()
+
+    def classifier_file(self) -> Path:
+        """Where this stage writes: ``checkpoint``, else ``runs/<dataset>/classifier.pt`` (never
+        the shipped classifier, which the other stages fall back to)."""
+        return Path(self.checkpoint) if self.checkpoint else paths.classifier_path(self.dataset)
 
     def stages(self) -> list[Stage]:
         """The recipe's stages with their minutes (:func:`split_minutes`)."""
