@@ -119,7 +119,8 @@ class CutWorld:
         self._crop_bytes = 0
         self.crop_cache_bytes = int(crop_cache_mb * 2**20)
         self.crop_hits = 0
-        """Crops :meth:`score_image_crops` found in the crop cache (no forward)."""
+        """Crops :meth:`score_image_crops` returned without a forward: found in the crop cache,
+        or a repeat of another crop of the same batch (counted even with no cache)."""
         self.crop_misses = 0
         """Crops :meth:`score_image_crops` scored with a forward."""
         self.amp = self.device.type == "cuda" if amp is None else amp

@@ -458,7 +458,7 @@ def _fit(
     world = venv.world
     scored, cached = world.crop_misses, world.crop_hits  # training's, before the validation run
     final = save_agent(model, run_dir, run_id)
-    choose_refinement(model, venv.world, delta, run_dir / REFINEMENT_FILE, run_id)
+    choose_refinement(model, world, delta, run_dir / REFINEMENT_FILE, run_id)
     config.update(
         finished=True,
         timesteps=model.num_timesteps,
