@@ -3,21 +3,24 @@
 The only place boxes are used before evaluation (as in the paper): a seeded ≤ 5 % subset of the
 training split (:func:`validation_subset`). ``python -m train calibrate`` chooses each class's δ
 and refinement setting on it and writes them to ``runs/<dataset>/calibration.json``
-(:func:`load_calibration`); :func:`resolve_delta` is δ's resolution order (the given value, the
-calibrated one, the shipped classifier's, :data:`DEFAULT_DELTA`).
+(:func:`load_calibration`, each class with the sha256 of the classifier it was calibrated with);
+:func:`resolve_delta` is δ's resolution order (the given value, the calibrated one, the shipped
+classifier's, :data:`DEFAULT_DELTA`).
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cutbg_env import paths
+from cutbg_env import paths, shipped
 from cutbg_env.errors import DataError
 from cutbg_env.geometry import Box
+from cutbg_env.io import file_sha256
 
 if TYPE_CHECKING:
     from cutbg_env.world import CutWorld
@@ -53,21 +56,58 @@ def validation_truth(world: CutWorld, images: list[int]) -> dict[int, list[Box]]
     return {i: [b for b, d in data.gt_boxes(i, cls) if not d] for i in images}
 
 
-CALIBRATION_TABLES = ("delta", "heatmap_layer", "heatmap_region", "heatmap_threshold", "validation")
-"""The per-class tables of a calibration file (each maps a class to its value)."""
+CALIBRATION_TABLES = (
+    "delta",
+    "heatmap_layer",
+    "heatmap_region",
+    "heatmap_threshold",
+    "validation",
+    "classifier",
+)
+"""The per-class tables of a calibration file (each maps a class to its value; ``classifier``:
+the sha256 of the classifier file the class was calibrated with)."""
 
 
-def load_calibration(dataset: str, shipped_classifier: bool = False) -> dict:
-    """The calibration file of a dataset (``{}`` when there is none); with
-    ``shipped_classifier`` (the stage runs the classifier shipped with the package), the shipped
-    calibration (:func:`cutbg_env.shipped.calibration`) fills in each table's classes the file
-    lacks.
+def load_calibration(dataset: str, classifier: str | Path | None = None) -> dict:
+    """The calibration file of a dataset (``{}`` when there is none).
+
+    With ``classifier`` (the classifier file the stage runs), a class whose ``classifier`` entry
+    records another file's sha256 is left out, with a warning naming the command that
+    recalibrates it (entries without a record are kept); and when ``classifier`` is the one
+    shipped with the package, the shipped calibration (:func:`cutbg_env.shipped.calibration`)
+    fills in each table's classes the file lacks.
 
     Raises :class:`DataError` naming the file and the command that recreates it when it is not
     UTF-8 JSON, not an object, a table is not an object of classes, or a δ is not a number in
     [0, 1]."""
     calib = _read_calibration(dataset)
-    return _with_shipped(calib) if shipped_classifier else calib
+    if classifier is None:
+        return calib
+    calib = _made_with(dataset, calib, Path(classifier))
+    return _with_shipped(calib) if shipped.is_shipped_classifier(classifier) else calib
+
+
+def _made_with(dataset: str, calib: dict, classifier: Path) -> dict:
+    """``calib`` without the classes calibrated with a classifier other than ``classifier``."""
+    recorded = calib.get("classifier", {})
+    if not recorded or not classifier.is_file():
+        return calib
+    digest = file_sha256(classifier)
+    stale = sorted(c for c, d in recorded.items() if d != digest)
+    if not stale:
+        return calib
+    command = paths.stage_hint(
+        f"python -m train calibrate --dataset {dataset} --classes {','.join(stale)}"
+    )
+    warnings.warn(
+        f"{paths.calibration_path(dataset)}: {', '.join(stale)} calibrated with another "
+        f"classifier than {classifier}; ignoring those entries. Recalibrate: {command}",
+        stacklevel=3,
+    )
+    kept = dict(calib)
+    for key in CALIBRATION_TABLES:
+        kept[key] = {c: v for c, v in calib.get(key, {}).items() if c not in stale}
+    return kept
 
 
 def _read_calibration(dataset: str) -> dict:
@@ -102,8 +142,6 @@ def _read_calibration(dataset: str) -> dict:
 def _with_shipped(calib: dict) -> dict:
     """``calib`` over the shipped calibration: per table, a class's value from ``calib`` when it
     has one, else the shipped one's."""
-    from cutbg_env import shipped
-
     merged = dict(calib)
     base = shipped.calibration()
     for key in CALIBRATION_TABLES:
@@ -112,15 +150,15 @@ def _with_shipped(calib: dict) -> dict:
 
 
 def resolve_delta(
-    dataset: str, class_name: str, delta: float | None, shipped_classifier: bool = False
+    dataset: str, class_name: str, delta: float | None, classifier: str | Path | None = None
 ) -> float:
     """δ for a class: the given value, else the calibrated one (``calibration.json`` of the
-    dataset's runs), else, when ``shipped_classifier`` (the world runs the classifier shipped with
-    the package), the shipped calibration's (:func:`cutbg_env.shipped.calibration`), else
-    :data:`DEFAULT_DELTA` with a warning."""
+    dataset's runs, unless made with another classifier than ``classifier``), else, when
+    ``classifier`` is the one shipped with the package, the shipped calibration's
+    (:func:`cutbg_env.shipped.calibration`), else :data:`DEFAULT_DELTA` with a warning."""
     if delta is not None:
         return float(delta)
-    calib = load_calibration(dataset, shipped_classifier).get("delta", {})
+    calib = load_calibration(dataset, classifier).get("delta", {})
     if class_name in calib:
         return float(calib[class_name])
     command = paths.stage_hint(f"python -m train calibrate --dataset {dataset}")

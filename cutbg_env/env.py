@@ -173,7 +173,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         )
         self.world.require_positives()
         self.delta = resolve_delta(
-            self.world.dataset_name, class_name, delta, getattr(self.world, "shipped", False)
+            self.world.dataset_name, class_name, delta, getattr(self.world, "classifier_path", None)
         )
         self.terminate_on_drop = terminate_on_drop
         self.undo_drop = bool(undo_drop)

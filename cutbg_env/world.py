@@ -100,8 +100,12 @@ class CutWorld:
         self.shipped = False
         """Whether the world runs the classifier shipped with the package (whose calibration the
         env then falls back on)."""
+        self.classifier_path: Path | None = None
+        """The classifier file the world loaded (``None`` when given a ``model``): the env's δ
+        comes from its calibration (:func:`~cutbg_env.calibration.resolve_delta`)."""
         if model is None:
             ckpt = classifier_file(dataset, checkpoint)
+            self.classifier_path = Path(ckpt)
             self.shipped = shipped.is_shipped_classifier(ckpt)
             model, _ = load_classifier(ckpt, self.device, hint=_classifier_hint(dataset))
         self.model = model

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cutbg_env import checks, paths, shipped
+from cutbg_env import checks, paths
 from cutbg_env.backbone import load_classifier
 from cutbg_env.calibration import load_calibration
 from cutbg_env.cli import StageArgs
@@ -334,7 +334,7 @@ def run(args: EvalArgs) -> dict:
     methods = METHODS + ENSEMBLE_METHODS if ensembles else METHODS
     check_writable(out, "--out")  # before the evaluation, not after it
     remove_stale_temps(out, recursive=True)  # of killed evaluations
-    calibration = load_calibration(args.dataset, shipped.is_shipped_classifier(ckpt))
+    calibration = load_calibration(args.dataset, ckpt)
     worlds = {
         c: CutWorld(
             args.dataset, split, c, root=args.root, device=args.device, model=model, data=data

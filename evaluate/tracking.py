@@ -169,7 +169,7 @@ def report(args: TrackingArgs) -> dict:
         )
         first = first or world  # one classifier and one split for every class
         world.require_positives()
-        delta = resolve_delta(args.dataset, cls, args.delta, first.shipped)
+        delta = resolve_delta(args.dataset, cls, args.delta, first.classifier_path)
         per_class[cls] = track_class(world, world.positives[: args.max_images], delta)
     result = {"dataset": args.dataset, "split": args.split, "classes": per_class}
     path = Path(args.out) / "tracking.json"

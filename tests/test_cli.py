@@ -4,6 +4,7 @@ calibration file's loading and δ's resolution order."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from cutbg_env.calibration import DEFAULT_DELTA, load_calibration, resolve_delta
 from cutbg_env.cli import StageArgs, command_main, run_cli, subcommand_main
 from cutbg_env.data import dataset_splits, open_split
 from cutbg_env.errors import CheckpointError, DataError, OptionError
+from cutbg_env.io import file_sha256
 
 
 @dataclass(frozen=True)
@@ -253,13 +255,14 @@ def test_load_calibration_and_resolve_delta(
         assert resolve_delta("animals", "dog", 0) == 0.0  # a given δ wins, 0 included
         assert resolve_delta("animals", "cat", 0.5) == 0.5
     # With the shipped classifier the shipped calibration fills in what the file lacks.
-    both = load_calibration("animals", shipped_classifier=True)
+    ours = shipped.classifier_path()
+    both = load_calibration("animals", ours)
     assert both["delta"] == shipped.calibration()["delta"] | {"dog": 0.25}
     assert both["heatmap_layer"] == shipped.calibration()["heatmap_layer"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert resolve_delta("animals", "dog", None, True) == 0.25  # the file's value wins
-        assert resolve_delta("animals", "cat", None, True) == shipped.calibration()["delta"]["cat"]
+        assert resolve_delta("animals", "dog", None, ours) == 0.25  # the file's value wins
+        assert resolve_delta("animals", "cat", None, ours) == shipped.calibration()["delta"]["cat"]
     path.write_text("{oops")
     with pytest.raises(
         DataError,
@@ -267,3 +270,43 @@ def test_load_calibration_and_resolve_delta(
         r"`python -m train calibrate --dataset animals`",
     ):
         load_calibration("animals")
+
+
+def test_calibration_made_with_another_classifier_is_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CUTBG_RUNS", str(tmp_path))
+    ours, other = tmp_path / "ours.pt", tmp_path / "other.pt"
+    ours.write_bytes(b"ours")
+    other.write_bytes(b"other")
+    digest = hashlib.sha256(b"ours").hexdigest()
+    assert file_sha256(ours) == digest
+    path = tmp_path / "animals" / "calibration.json"
+    path.parent.mkdir()
+    table = {
+        "delta": {"dog": 0.25, "cat": 0.3, "cow": 0.4},
+        "heatmap_threshold": {"dog": 0.5, "cat": 0.6},
+        "classifier": {"dog": digest, "cat": hashlib.sha256(b"other").hexdigest()},
+    }
+    path.write_text(json.dumps(table))
+    assert load_calibration("animals") == table  # no classifier named: the file as it is
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_calibration("animals", tmp_path / "missing.pt") == table  # not readable
+    with pytest.warns(
+        UserWarning,
+        match=r"calibration\.json: cat calibrated with another classifier than .*ours\.pt; "
+        r"ignoring those entries\. Recalibrate: `python -m train calibrate --dataset animals "
+        r"--classes cat`",
+    ):
+        kept = load_calibration("animals", ours)
+    # cat goes from every table; dog (made with ours) and cow (no record) stay.
+    assert kept["delta"] == {"dog": 0.25, "cow": 0.4}
+    assert kept["heatmap_threshold"] == {"dog": 0.5}
+    with pytest.warns(UserWarning, match=r"dog calibrated with another classifier"):
+        assert resolve_delta("animals", "cat", None, other) == 0.3
+    # The shipped classifier: its own calibration replaces entries made with another one.
+    with pytest.warns(UserWarning, match=r"cat, dog calibrated with another classifier"):
+        merged = load_calibration("animals", shipped.classifier_path())
+    assert merged["delta"]["dog"] == shipped.calibration()["delta"]["dog"]
+    assert merged["delta"]["cow"] == 0.4

@@ -150,7 +150,7 @@ def test_shipped_classifier_and_calibration() -> None:
     digest = hashlib.sha256(shipped.classifier_path().read_bytes()).hexdigest()
     assert calib["provenance"]["classifier_sha256"] == digest
     assert "python -m train calibrate --dataset animals" in calib["provenance"]["commands"]
-    # make demo's dog entry (python -m train calibrate --classes dog on the shipped classifier)
+    # the dog entry make demo reads (what python -m train calibrate --classes dog computes)
     assert (calib["delta"]["dog"], calib["heatmap_layer"]["dog"]) == (0.2, "mid")
     assert (calib["heatmap_region"]["dog"], calib["heatmap_threshold"]["dog"]) == ("mass", 0.4)
     calib["delta"]["dog"] = -5.0  # a copy: the next caller sees the shipped values
@@ -183,7 +183,11 @@ def test_the_env_falls_back_on_the_shipped_classifier(tiny_as_animals: Path) -> 
     calib.parent.mkdir(parents=True)
     calib.write_text(json.dumps({"delta": {"dog": 0.37}}))
     assert gym.make("CutBackground-v0", world=world).unwrapped.delta == 0.37
-    assert resolve_delta("animals", "cat", None, shipped_classifier=True) == 0.02
+    assert resolve_delta("animals", "cat", None, shipped.classifier_path()) == 0.02
+    # ... unless it was calibrated with another classifier (a retrained, since deleted one)
+    calib.write_text(json.dumps({"delta": {"dog": 0.37}, "classifier": {"dog": "0" * 64}}))
+    with pytest.warns(UserWarning, match=r"dog calibrated with another classifier than"):
+        assert gym.make("CutBackground-v0", world=world).unwrapped.delta == 0.2
 
 
 def test_a_classifier_in_runs_wins_over_the_shipped_one(tiny_as_animals: Path) -> None:

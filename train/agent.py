@@ -41,7 +41,6 @@ from cutbg_env.io import atomic_path, check_writable, log, relpath, remove_stale
 from cutbg_env.qnet import assemble_members
 from cutbg_env.refine import REFINEMENT_FILE, refinement_scores, write_refinement
 from cutbg_env.rollout import observation_options, rollout, sb3_policy
-from cutbg_env.shipped import is_shipped_classifier
 from cutbg_env.vec_env import BatchedCutBackgroundVecEnv
 from cutbg_env.world import CutWorld
 from train.common import seed_everything
@@ -146,10 +145,10 @@ class AgentArgs(StageArgs, DQNArgs):
 
 
 def class_delta(args: AgentArgs) -> float:
-    """δ of the class: ``--delta``, else the calibrated one; the shipped calibration's when the
-    stage runs the shipped classifier and the runs' calibration lacks the class."""
-    ckpt = args.classifier_file()
-    return resolve_delta(args.dataset, args.class_name, args.delta, is_shipped_classifier(ckpt))
+    """δ of the class: ``--delta``, else the one calibrated with the stage's classifier; the
+    shipped calibration's when the stage runs the shipped classifier and the runs' calibration
+    lacks the class (or calibrated it with another classifier)."""
+    return resolve_delta(args.dataset, args.class_name, args.delta, args.classifier_file())
 
 
 def make_vec_env(args: AgentArgs, split: str, model: Any = None) -> BatchedCutBackgroundVecEnv:

@@ -38,7 +38,7 @@ from cutbg_env.calibration import (
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
 from cutbg_env.geometry import FULL_CROP, box_to_crop, crop_to_box
-from cutbg_env.io import log, relpath, remove_stale_temps, write_json
+from cutbg_env.io import file_sha256, log, relpath, remove_stale_temps, write_json
 from cutbg_env.localize import greedy_cut
 from cutbg_env.metrics import corloc_hit
 from cutbg_env.refine import best_setting, refinement_scores
@@ -93,7 +93,9 @@ def calibrate(args: CalibrateArgs) -> dict:
     for c in classes:
         data.class_index(c)  # UnknownClassError listing the classes
     hint = paths.make_command("train-classifier", args.dataset)
-    model, _ = load_classifier(args.classifier_file(), args.device, hint=hint)
+    ckpt = args.classifier_file()
+    model, _ = load_classifier(ckpt, args.device, hint=hint)
+    digest = file_sha256(ckpt)
     load_calibration(args.dataset)  # a corrupt file is named now, not after the whole stage
     calib: dict[str, dict] = {key: {} for key in CALIBRATION_TABLES}
     for c in classes:
@@ -130,6 +132,7 @@ def calibrate(args: CalibrateArgs) -> dict:
         calib["heatmap_layer"][c] = layer
         calib["heatmap_region"][c] = region
         calib["heatmap_threshold"][c] = thr
+        calib["classifier"][c] = digest
         calib["validation"][c] = {
             "images": len(images),
             "gt_drop_median": float(np.median(drops)),

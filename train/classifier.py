@@ -337,8 +337,8 @@ def training_seconds(left: float, stages: list[Stage], minutes: float) -> list[f
 
 
 def train_classifier(args: ClassifierArgs) -> Path:
-    """Run the recipe (or skip when the same config is done), write the checkpoint, the record
-    beside it (:func:`record_path`) and ``results/classifier.json``; return the checkpoint path.
+    """Run the recipe (or skip when the same config is done), write the checkpoint and the
+    record beside it (:func:`record_path`); return the checkpoint path.
 
     After loading, what is left of ``--minutes`` less ``EVAL_RESERVE_S`` per stage (its
     test-set AP) is split between the stages' training in their proportions
@@ -433,23 +433,12 @@ def _train_classifier(args: ClassifierArgs, ckpt: Path, t_enter: float) -> Path:
             "checkpoint": str(ckpt),
             "minutes": args.minutes,
             "stages": done_stages,
+            "steps": step,
             "seconds": round(time.monotonic() - t_enter, 1),
             "test_ap": last["test_ap"],
             "test_map": last["test_map"],
             "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, device {args.device}",
-        },
-    )
-    write_json(
-        Path("results") / "classifier.json",
-        {
-            "dataset": args.dataset,
-            "split": test_split,
-            "checkpoint": str(ckpt),
-            "ap": last["test_ap"],
-            "map": last["test_map"],
-            "steps": step,
-            "seconds": meta["seconds"],
         },
     )
     log(f"classifier: {step} steps, test mAP {last['test_map']:.1f} -> {relpath(ckpt)}")
