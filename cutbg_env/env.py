@@ -127,12 +127,16 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     current crop), ``last_valid_crop``/``last_valid_box`` (the last crop whose drop was ≤ δ),
     ``p_full`` (p̄), ``p_crop`` (p̂), ``drop`` (p̄ − p̂), ``calls`` (classifier forwards of
     ``upper`` + ``head`` this episode, the full map included), ``refused`` (the last action was
-    a cut that ``undo_drop`` undid), ``image_id``, ``index``.
+    a cut that ``undo_drop`` undid), ``action_mask`` (``(13,)`` int8, 1 where the action can
+    change the crop: ``STOP``, and every cut that removes cells and that ``undo_drop`` has not
+    undone at this crop; for ``action_space.sample(mask=...)`` or a masking agent), ``image_id``,
+    ``index``.
 
     ## Version History
 
     * v0: initial version; ``observe_score`` and ``undo_drop`` are optional additions (off by
-      default), which change nothing else; ``info["refused"]`` is always there.
+      default), which change nothing else; ``info["refused"]`` and ``info["action_mask"]`` are
+      always there.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cutbg_env.actions import N_ACTIONS, Action, apply_cut
+from cutbg_env.actions import CUT_ACTIONS, N_ACTIONS, Action, apply_cut
 from cutbg_env.geometry import FULL_CROP, Crop, crop_to_box
 from cutbg_env.world import CutWorld
 
@@ -102,6 +102,8 @@ class Episode:
         self.done = False
         self.refused = False
         """The last action was a cut past δ that :attr:`undo_drop` undid."""
+        self.refused_here: set[Action] = set()
+        """The cuts :attr:`undo_drop` undid at the current crop (cleared when it changes)."""
 
     def plan(self, action: Action) -> Crop | None:
         """The crop this action asks to score, or ``None`` (stop, or a cut that removes nothing)."""
@@ -134,9 +136,12 @@ class Episode:
             self.calls += 1
             ok = self.p_full - float(score) <= self.delta
             self.refused = not ok and self.undo_drop
-            if not self.refused:
+            if self.refused:
+                self.refused_here.add(action)
+            else:
                 self.crop, self.features, self.p_crop = crop, features, float(score)
                 self.trail.append(crop)
+                self.refused_here.clear()
             if ok:
                 self.valid_crop = crop
             reward = float(action.scale) if ok else -float(action.scale)
@@ -154,6 +159,16 @@ class Episode:
             obs["score"] = np.asarray([self.p_crop, self.p_full - self.p_crop], dtype=dtype)
         return obs
 
+    def action_mask(self) -> np.ndarray:
+        """``(13,)`` int8, 1 where an action can change the crop: ``STOP``, and each cut that
+        removes cells and was not undone at this crop already (:attr:`refused_here`). The
+        convention of ``Discrete.sample(mask=...)``."""
+        mask = np.ones(N_ACTIONS, dtype=np.int8)
+        for a in CUT_ACTIONS:
+            if a in self.refused_here or not apply_cut(self.crop, a)[1]:
+                mask[a] = 0
+        return mask
+
     def info(self) -> dict[str, Any]:
         """The info dict (see the env's docstring)."""
         return {
@@ -166,6 +181,7 @@ class Episode:
             "drop": self.p_full - self.p_crop,
             "calls": self.calls,
             "refused": self.refused,
+            "action_mask": self.action_mask(),
             "image_id": self.image_id,
             "index": self.index,
         }

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from cutbg_env import MAX_EPISODE_STEPS
-from cutbg_env.actions import CUT_ACTIONS, N_ACTIONS, Action
+from cutbg_env.actions import Action
 from cutbg_env.episode import Episode, new_episode, stack_obs, step_episodes
 from cutbg_env.errors import OptionError
 from cutbg_env.localize import Localization
@@ -55,9 +55,10 @@ def rollout(
 
     ``retry=True`` (``policy`` is a :data:`MaskedPolicy`): the env's undo rule (``undo_drop``):
     a cut past δ does not end the episode but is undone (the crop, features and score stay as
-    before it; the action enters the history; the call and the step count), and the rollout
-    refuses it at that crop, so the policy picks again among the actions not refused there; cuts
-    that remove nothing are masked too (they would cost a step and no call). The episode ends by
+    before it; the action enters the history; the call and the step count), and the policy is
+    given the env's action mask (:meth:`Episode.action_mask`, ``info["action_mask"]``): the cut
+    is refused at that crop, so the policy picks again among the actions not refused there, and
+    cuts that remove nothing are masked too (they would cost a step and no call). The episode ends by
     STOP, when every cut of a crop is refused or removes nothing, or after ``max_steps``
     attempts: at most ``1 + max_steps`` calls.
 
@@ -71,12 +72,11 @@ def rollout(
             new_episode(world, i, delta, eta, True, observe_score, undo_drop=retry)
             for i in indices[start : start + chunk]
         ]
-        refused = np.zeros((len(eps), N_ACTIONS), dtype=bool)
         active = list(range(len(eps)))
         while active:
             batch = stack_obs([eps[j].obs(dtype) for j in active])
             if retry:
-                mask = np.stack([refused[j] | _noop_cuts(eps[j]) for j in active])
+                mask = np.stack([eps[j].action_mask() == 0 for j in active])
                 actions = np.asarray(policy(batch, mask)).reshape(-1)  # type: ignore[call-arg]
                 if mask[np.arange(len(active)), actions].any():
                     raise OptionError(
@@ -91,27 +91,14 @@ def rollout(
                 on_step(live, acts)
             outcomes = step_episodes(world, live, acts)
             still = []
-            for k, (j, action, (_, terminated)) in enumerate(
-                zip(active, acts, outcomes, strict=True)
-            ):
-                if retry and action is not Action.STOP:
-                    if eps[j].refused:  # a cut past δ, undone: refuse it at this crop
-                        refused[j, action] = mask[k, action] = True
-                        terminated = bool(mask[k, : Action.STOP].all())
-                    else:
-                        refused[j] = False
+            for j, (_, terminated) in zip(active, outcomes, strict=True):
+                if eps[j].refused:  # a cut past δ, undone (retry): refused at this crop now
+                    terminated = not eps[j].action_mask()[: Action.STOP].any()
                 if not terminated and eps[j].steps < max_steps:
                     still.append(j)
             active = still
         out += [(Localization(e.valid_crop, e.calls, e.steps), list(e.trail)) for e in eps]
     return out
-
-
-def _noop_cuts(episode: Episode) -> np.ndarray:
-    """``(13,)`` bool: the cuts that remove nothing from the episode's crop (STOP ``False``)."""
-    noop = np.zeros(N_ACTIONS, dtype=bool)
-    noop[: Action.STOP] = [episode.plan(a) is None for a in CUT_ACTIONS]
-    return noop
 
 
 def random_policy(seed: int) -> Policy:

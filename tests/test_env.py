@@ -51,6 +51,7 @@ INFO_KEYS = {
     "drop",
     "calls",
     "refused",
+    "action_mask",
     "image_id",
     "index",
 }
@@ -117,6 +118,10 @@ def assert_same_outputs(a: list, b: list) -> None:
                 for k in xa:
                     assert xa[k].dtype == xb[k].dtype
                     np.testing.assert_array_equal(xa[k], xb[k])
+            elif isinstance(xa, dict):  # an info: its action mask is an array
+                assert xa.keys() == xb.keys()
+                np.testing.assert_array_equal(xa.pop("action_mask"), xb.pop("action_mask"))
+                assert xa == xb
             else:
                 assert xa == xb
                 assert type(xa) is type(xb)
@@ -235,7 +240,7 @@ def test_pickle_round_trip(env_kwargs: dict, world: CutWorld) -> None:
     for a in (Action.LEFT_3, Action.DOWN_1, Action.RIGHT_2, Action.STOP):
         assert_same_outputs([env.step(a)], [clone.step(a)])
     # The generator state travelled too: the next unseeded reset picks the same image.
-    assert env.reset()[1] == clone.reset()[1]
+    assert_same_outputs([env.reset()], [clone.reset()])
 
 
 def test_pickle_unwrapped_built_env(env_kwargs: dict) -> None:
@@ -519,6 +524,53 @@ def test_noop_cut() -> None:
         assert ep.calls == calls and ep.trail == trail and ep.features is feats
     assert ep.plan(Action.UP_1) == (0, 1, 1, 28)  # the other direction still cuts
     assert ep.history[0, Action.LEFT_3] == 1.0 and ep.steps == 12
+
+
+def test_action_mask_on_hand_made_crops() -> None:
+    """1 where an action can change the crop: STOP always; a cut unless it removes nothing or
+    was undone at this crop (undo_drop); a valid cut clears the refusals."""
+    ep = make_episode(undo_drop=True)
+    np.testing.assert_array_equal(ep.action_mask(), np.ones(13, np.int8))
+    assert ep.action_mask().dtype == np.int8
+    for _ in range(9):  # a column one cell wide: no left or right cut removes anything
+        ep.finish(Action.RIGHT_3, ep.plan(Action.RIGHT_3), feats_of(0), 0.9)
+    assert ep.crop == (0, 0, 1, 28)
+    #                 up       down     left     right    stop
+    expected = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1], np.int8)
+    np.testing.assert_array_equal(ep.info()["action_mask"], expected)
+    ep.finish(Action.UP_2, ep.plan(Action.UP_2), feats_of(1), 0.5)  # drop 0.4 > δ: undone
+    assert ep.refused and ep.refused_here == {Action.UP_2}
+    expected[Action.UP_2] = 0
+    np.testing.assert_array_equal(ep.action_mask(), expected)
+    ep.finish(Action.LEFT_1, None)  # a no-op keeps the crop and its refusals
+    np.testing.assert_array_equal(ep.action_mask(), expected)
+    ep.finish(Action.DOWN_1, ep.plan(Action.DOWN_1), feats_of(2), 0.85)  # valid: a new crop
+    assert ep.crop == (0, 0, 1, 27) and ep.refused_here == set()
+    expected[Action.UP_2] = 1
+    np.testing.assert_array_equal(ep.action_mask(), expected)
+    # Under the paper's rule nothing is refused: a cut past δ ends the episode instead.
+    paper = make_episode()
+    paper.finish(Action.UP_2, paper.plan(Action.UP_2), feats_of(1), 0.5)
+    assert paper.done and paper.refused_here == set()
+    np.testing.assert_array_equal(paper.action_mask(), np.ones(13, np.int8))
+
+
+def test_action_mask_in_the_env_and_vector_env(env_kwargs: dict, world: CutWorld) -> None:
+    env = shared_env(world, env_kwargs, undo_drop=True, delta=0.0)
+    _, info = env.reset(seed=0)
+    mask = info["action_mask"]
+    assert mask.shape == (13,) and mask.all()
+    assert env.action_space.sample(mask=mask) in range(13)  # Gymnasium's masked sampling
+    for action in (Action.UP_1, Action.LEFT_1):
+        _, _, _, _, info = env.step(action)
+        np.testing.assert_array_equal(info["action_mask"], env.live_episode().action_mask())
+        assert info["action_mask"][action] == (0 if info["refused"] else 1)
+    vec = gym.make_vec(ALL_IDS[0], num_envs=3, world=world, **env_kwargs)
+    _, infos = vec.reset(seed=0)
+    assert infos["action_mask"].shape == (3, 13) and infos["action_mask"].dtype == np.int8
+    _, _, _, _, infos = vec.step(np.full(3, int(Action.UP_1)))
+    np.testing.assert_array_equal(infos["action_mask"], np.ones((3, 13), np.int8))
+    vec.close()
 
 
 def test_history_rows_shift() -> None:
