@@ -106,8 +106,9 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
       else on ``"animals"`` the classifier shipped with the package; on other datasets a missing
       file raises an error saying which command creates it.
     * ``delta``: the score-drop threshold δ, in [0, 1]; ``None`` reads the calibrated per-class value from
-      ``runs/<dataset>/calibration.json`` (``python -m train calibrate``), else, with the shipped
-      classifier, the shipped calibration's (:mod:`cutbg_env.shipped`), else 0.1.
+      ``runs/<dataset>/calibration.json`` (``python -m train calibrate``; an entry calibrated with
+      another classifier is ignored, with a warning), else, with the shipped classifier, the
+      shipped calibration's (:mod:`cutbg_env.shipped`), else 0.1.
     * ``eta``: η, the absolute reward of the stop action.
       ``delta`` and ``eta`` may be set later (``env.unwrapped.delta = 0.05``, or a vector env's
       ``set_attr``) with the same checks; they apply from the next episode.
@@ -122,6 +123,12 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
     * ``num_threads``: torch's CPU threads (process-wide); ``None`` = one thread when the env is
       built in a worker process (``AsyncVectorEnv``, ``SubprocVecEnv``: fork-safe and no
       oversubscription, see :mod:`cutbg_env.threads`), torch's setting otherwise.
+    * ``crop_cache_mb``: memory (MiB) for the features and score of every crop scored, so a crop
+      a later episode revisits costs no forward (:meth:`CutWorld.score_image_crops`; about a
+      third of a training's crops are revisits); ``0`` (default) keeps none. A given ``world``
+      keeps its own setting; a vector env's sub-envs share one cache.
+    * ``world``: a :class:`~cutbg_env.world.CutWorld` to share (its classifier, data and caches)
+      instead of building one from the arguments above.
 
     ``info`` after reset and every step: ``crop``/``box`` (grid cells / VOC pixel box of the
     current crop), ``last_valid_crop``/``last_valid_box`` (the last crop whose drop was ≤ δ),
@@ -158,6 +165,7 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         max_images: int | None = None,
         render_mode: str | None = None,
         num_threads: int | None = None,
+        crop_cache_mb: float = 0.0,
         world: CutWorld | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -173,7 +181,14 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
         self.num_threads = configure_threads(num_threads)
         """Torch's CPU threads after this env was built (see :mod:`cutbg_env.threads`)."""
         self.world = world or CutWorld(
-            dataset, split, class_name, checkpoint, root, device, max_images=max_images
+            dataset,
+            split,
+            class_name,
+            checkpoint,
+            root,
+            device,
+            max_images=max_images,
+            crop_cache_mb=crop_cache_mb,
         )
         self.world.require_positives()
         self.delta = resolve_delta(

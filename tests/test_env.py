@@ -746,6 +746,23 @@ def test_crop_cache_returns_the_forward_result(world: CutWorld, env_kwargs: dict
     assert world.crop_misses - before == 2
 
 
+def test_env_crop_cache_gives_the_same_episodes(env_kwargs: dict) -> None:
+    plain = gym.make(ALL_IDS[0], **env_kwargs)
+    cached = gym.make(ALL_IDS[0], crop_cache_mb=16.0, **env_kwargs)
+    assert json.loads(cached.spec.to_json())["kwargs"]["crop_cache_mb"] == 16.0
+    world = cached.unwrapped.world
+    assert world.crop_cache_bytes == 16 * 2**20 and plain.unwrapped.world.crop_cache_bytes == 0
+    actions = [Action.UP_1, Action.LEFT_2, Action.DOWN_3, Action.STOP]
+    first = run_episode(cached, 0, actions)
+    misses = world.crop_misses
+    assert_same_outputs(run_episode(plain, 0, actions), first)
+    # The same image again: its crops come from the cache, the episode is the same.
+    assert_same_outputs(run_episode(plain, 0, actions), run_episode(cached, 0, actions))
+    assert world.crop_misses == misses and world.crop_hits == first[-1][-1]["calls"] - 1 > 0
+    with pytest.raises(OptionError, match=r"crop_cache_mb=-2\.0: must be a finite number ≥ 0"):
+        gym.make(ALL_IDS[0], crop_cache_mb=-2.0, **env_kwargs)
+
+
 def test_crop_cache_size_must_be_a_number(world: CutWorld) -> None:
     with pytest.raises(OptionError, match=r"crop_cache_mb=-1\.0: must be a finite number ≥ 0"):
         cached_world(world, -1.0)
