@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cutbg_env.errors import CheckpointError, RunBusyError, reason
-from cutbg_env.io import pid_alive, write_json
+from cutbg_env.io import file_sha256, pid_alive, write_json
 from cutbg_env.paths import AGENT_FILE, CONFIG_FILE, agent_dir, make_command, seed_dir
 
 
@@ -94,6 +94,24 @@ def trained_delta(zip_path: str | Path) -> float:
             f"retrain the agent of {Path(zip_path).parent}"
         ) from exc
     return delta
+
+
+def check_classifier(zip_path: str | Path, classifier: str | Path, fix: str) -> None:
+    """Raise :class:`CheckpointError` when the agent of ``zip_path`` was trained on another
+    classifier than ``classifier`` (the ``classifier_sha256`` of its ``config.json``; an agent
+    whose config has none, from an older version, is accepted): its observations were that
+    classifier's features, so it means nothing on these."""
+    config = Path(zip_path).parent / CONFIG_FILE
+    try:
+        recorded = json.loads(config.read_text()).get("classifier_sha256")
+    except (OSError, ValueError, AttributeError):
+        return  # trained_delta names an unreadable config
+    if recorded is None or not Path(classifier).is_file() or recorded == file_sha256(classifier):
+        return  # a missing classifier: its loader names the command that creates it
+    raise CheckpointError(
+        f"{Path(zip_path).parent} was trained on another classifier than {classifier} "
+        f"(sha256 {recorded[:12]}… in {config.name}): {fix}"
+    )
 
 
 # -- one run per folder: its id in every file, a lock while it trains ----------------------

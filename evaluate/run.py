@@ -78,6 +78,7 @@ from cutbg_env.rollout import (
     sb3_policy,
 )
 from cutbg_env.runs import (
+    check_classifier,
     check_run,
     load_agent,
     run_state,
@@ -301,12 +302,13 @@ def run(args: EvalArgs) -> dict:
         )
     seeds = list(range(args.seeds))
     agents = {(c, n): trained_agent(args.dataset, c, seed=n) for n in seeds for c in classes}
+    ckpt = args.classifier_file()
     for (c, n), zip_path in agents.items():  # files of one run only, never a mix
         variables = {"CLASS": c} | ({"SEED": n} if n else {})
         command = paths.make_command("train", args.dataset, **variables, FORCE=1)
         check_run(zip_path.parent, f"retrain it with `{command}`")
+        check_classifier(zip_path, ckpt, f"retrain it with `{command}` or pass its --checkpoint")
     hint = paths.make_command("train-classifier", args.dataset)
-    ckpt = args.classifier_file()
     model, _ = load_classifier(ckpt, args.device, hint=hint)
     indices = list(range(len(data)))[: args.max_images]
     unmeasurable = [c for c in classes if not has_positive(data, c, indices)]

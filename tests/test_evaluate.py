@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,11 +16,12 @@ from tiny import fake_q_model
 from cutbg_env.data import open_split
 from cutbg_env.errors import CheckpointError, OptionError
 from cutbg_env.geometry import FULL_CROP, crop_to_box
+from cutbg_env.io import file_sha256
 from cutbg_env.localize import greedy_cut
 from cutbg_env.metrics import average_precision, corloc
 from cutbg_env.refine import REFINEMENT_FILE
 from cutbg_env.rollout import ensemble_options, ensemble_policy, observation_options
-from cutbg_env.runs import trained_agent, trained_delta, trained_seeds
+from cutbg_env.runs import check_classifier, trained_agent, trained_delta, trained_seeds
 from cutbg_env.world import CutWorld
 from evaluate.__main__ import main as eval_main
 from evaluate.run import METHODS, EvalArgs, evaluate_class, run
@@ -283,6 +285,47 @@ def test_trained_delta_reads_the_run_config(tmp_path: Path) -> None:
         trained_delta(tmp_path / "agent.zip")
     with pytest.raises(CheckpointError, match=r"holds no delta \(FileNotFoundError"):
         trained_delta(tmp_path / "elsewhere" / "agent.zip")
+
+
+def test_an_agent_runs_only_with_the_classifier_it_was_trained_on(tmp_path: Path) -> None:
+    ours, other = tmp_path / "ours.pt", tmp_path / "other.pt"
+    ours.write_bytes(b"ours")
+    other.write_bytes(b"other")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"delta": 0.1, "classifier_sha256": file_sha256(ours)}))
+    check_classifier(tmp_path / "agent.zip", ours, "fix")  # the same bytes: accepted
+    check_classifier(tmp_path / "agent.zip", tmp_path / "missing.pt", "fix")  # loader's job
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^{re.escape(str(tmp_path))} was trained on another classifier than "
+        rf".*other\.pt \(sha256 {file_sha256(ours)[:12]}… in config\.json\): retrain it$",
+    ):
+        check_classifier(tmp_path / "agent.zip", other, "retrain it")
+    config.write_text(json.dumps({"delta": 0.1}))  # an agent of an older version: no record
+    check_classifier(tmp_path / "agent.zip", other, "fix")
+    config.write_text("{broken")  # trained_delta names it
+    check_classifier(tmp_path / "agent.zip", other, "fix")
+
+
+@slow
+def test_eval_refuses_an_agent_of_another_classifier(
+    own_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config_path = own_runs / "dog" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["classifier_sha256"] == file_sha256(own_runs / "classifier.pt")  # recorded
+    config["classifier_sha256"] = "0" * 64
+    config_path.write_text(json.dumps(config))
+    argv = ["--classes", "dog", "--max-images", "4", "--out", str(tmp_path / "results")]
+    assert eval_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert re.search(
+        r"dog was trained on another classifier than .*classifier\.pt \(sha256 000000000000… "
+        r"in config\.json\): retrain it with `make train CLASS=dog FORCE=1` or pass its "
+        r"--checkpoint$",
+        err,
+    ), err
 
 
 def test_ensemble_rows_need_two_seeds_of_every_class(

@@ -37,7 +37,15 @@ from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
 from cutbg_env.dqn import VOC_DATASETS, CutDQN, DQNArgs
 from cutbg_env.errors import CheckpointError, OptionError, OutputError
-from cutbg_env.io import atomic_path, check_writable, log, relpath, remove_stale_temps, write_json
+from cutbg_env.io import (
+    atomic_path,
+    check_writable,
+    file_sha256,
+    log,
+    relpath,
+    remove_stale_temps,
+    write_json,
+)
 from cutbg_env.qnet import assemble_members
 from cutbg_env.refine import REFINEMENT_FILE, refinement_scores, write_refinement
 from cutbg_env.rollout import observation_options, rollout, sb3_policy
@@ -340,6 +348,7 @@ def _fit_members(
         "args": dataclasses.asdict(args),
         "delta": venv.delta,
         "classifier": str(ckpt),
+        "classifier_sha256": file_sha256(ckpt),
         "members": [relpath(Path(j.out)) for j in jobs],
     }
     write_json(run_dir / paths.CONFIG_FILE, config)
@@ -439,6 +448,7 @@ def _fit(
         "args": dataclasses.asdict(args),
         "delta": delta,
         "classifier": str(ckpt),
+        "classifier_sha256": file_sha256(ckpt),
         "images": len(venv.world.positives),
     }
     write_json(run_dir / paths.CONFIG_FILE, config)
