@@ -41,7 +41,7 @@ from cutbg_env.errors import OptionError
 from cutbg_env.io import write_json
 from cutbg_env.localize import score_cuts
 from cutbg_env.rollout import ensemble_options, mean_q_values, rollout
-from cutbg_env.runs import trained_agent, trained_delta, trained_seeds
+from cutbg_env.runs import check_classifier, trained_agent, trained_delta, trained_seeds
 from cutbg_env.world import CutWorld
 
 STEP_BANDS = ((0, 5), (5, 10), (10, MAX_EPISODE_STEPS))
@@ -199,6 +199,9 @@ def report(args: DiagnoseArgs) -> dict:
         args.dataset, args.split, args.class_name, args.checkpoint, args.root, args.device
     )
     world.require_positives()
+    for z in zips:
+        if world.classifier_path is not None:
+            check_classifier(z, world.classifier_path, "diagnose it with its --checkpoint")
     indices = world.positives[: args.max_images]
     delta = trained_delta(zips[0])
     result = {
