@@ -170,6 +170,7 @@ def test_recipe_stages_run_and_the_record_is_written_atomically(
         "checkpoint",
         "minutes",
         "stages",
+        "steps",
         "seconds",
         "test_ap",
         "test_map",
