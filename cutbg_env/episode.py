@@ -19,6 +19,10 @@ from cutbg_env.world import CutWorld
 
 HISTORY = 4
 """Past actions kept in the observation."""
+SIDE_CUTS = tuple(
+    tuple(a for a in CUT_ACTIONS if a.side == side) for side in ("up", "down", "left", "right")
+)
+"""The cuts of each side (scale 1 first)."""
 
 
 def stack_obs(obs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -164,9 +168,12 @@ class Episode:
         removes cells and was not undone at this crop already (:attr:`refused_here`). The
         convention of ``Discrete.sample(mask=...)``."""
         mask = np.ones(N_ACTIONS, dtype=np.int8)
-        for a in CUT_ACTIONS:
-            if a in self.refused_here or not apply_cut(self.crop, a)[1]:
-                mask[a] = 0
+        for cuts in SIDE_CUTS:
+            # a cut is clamped to what its side can give: a side's scales all remove cells or none
+            if not apply_cut(self.crop, cuts[0])[1]:
+                mask[list(cuts)] = 0
+        for a in self.refused_here:
+            mask[a] = 0
         return mask
 
     def info(self) -> dict[str, Any]:

@@ -97,17 +97,14 @@ class CutWorld:
         self.class_name = class_name
         self.data.class_index(class_name)  # raises UnknownClassError listing the classes
         self.device = torch.device(device)
-        self.shipped = False
-        """Whether the world runs the classifier shipped with the package (whose calibration the
-        env then falls back on)."""
         self.classifier_path: Path | None = None
         """The classifier file the world loaded (``None`` when given a ``model``): the env's δ
         comes from its calibration (:func:`~cutbg_env.calibration.resolve_delta`)."""
         if model is None:
-            ckpt = classifier_file(dataset, checkpoint)
-            self.classifier_path = Path(ckpt)
-            self.shipped = shipped.is_shipped_classifier(ckpt)
-            model, _ = load_classifier(ckpt, self.device, hint=_classifier_hint(dataset))
+            self.classifier_path = classifier_file(dataset, checkpoint)
+            model, _ = load_classifier(
+                self.classifier_path, self.device, hint=_classifier_hint(dataset)
+            )
         self.model = model
         self.class_idx = model.class_index(class_name)
         self.input_size = model.config.input_size
@@ -199,6 +196,14 @@ class CutWorld:
             features = feats.float().clamp_max_(FEATURE_HIGH).cpu().numpy()
         scores = 1.0 / (1.0 + np.exp(-logits.cpu().numpy().astype(np.float64)))
         return features, scores
+
+    @property
+    def shipped(self) -> bool:
+        """Whether the world runs the classifier shipped with the package (whose calibration the
+        env then falls back on); ``False`` when given a ``model``."""
+        return self.classifier_path is not None and shipped.is_shipped_classifier(
+            self.classifier_path
+        )
 
     def score_image_crops(
         self, indices: Sequence[int], crops: Sequence[tuple[int, int, int, int]]

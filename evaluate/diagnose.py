@@ -199,8 +199,8 @@ def report(args: DiagnoseArgs) -> dict:
         args.dataset, args.split, args.class_name, args.checkpoint, args.root, args.device
     )
     world.require_positives()
-    for z in zips:
-        if world.classifier_path is not None:
+    if world.classifier_path is not None:  # None only for a world given a model
+        for z in zips:
             check_classifier(z, world.classifier_path, "diagnose it with its --checkpoint")
     indices = world.positives[: args.max_images]
     delta = trained_delta(zips[0])
