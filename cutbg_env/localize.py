@@ -105,20 +105,14 @@ def exhaustive_windows(sizes: Sequence[int] | None = None, stride: int = 3) -> n
     return np.asarray([(x0, y0, x1, y1) for x0, x1 in spans for y0, y1 in spans], dtype=np.int64)
 
 
-def exhaustive(
-    world: CutWorld, indices: Sequence[int], windows: np.ndarray, batch: int = 512
-) -> list[Localization]:
+def exhaustive(world: CutWorld, indices: Sequence[int], windows: np.ndarray) -> list[Localization]:
     """Score every window on the zero-padded map and keep the highest-scoring one (the
-    proposal-based approach of the paper's Table 5). Costs ``len(windows)`` calls an image."""
+    proposal-based approach of the paper's Table 5). Costs ``len(windows)`` calls an image; the
+    world scores them ``forward_batch`` at a time (:meth:`~cutbg_env.world.CutWorld.score_crops`)."""
     out = []
     for i in indices:
         mid = world.mid_maps([i])
-        scores = np.concatenate(
-            [
-                world.score_crops(mid.expand(len(w), -1, -1, -1), w)[1]
-                for w in np.array_split(windows, max(1, -(-len(windows) // batch)))
-            ]
-        )
+        _, scores = world.score_crops(mid.expand(len(windows), -1, -1, -1), windows)
         best = windows[int(np.argmax(scores))]
         out.append(Localization(tuple(int(v) for v in best), len(windows), 0))  # type: ignore[arg-type]
     return out

@@ -3,8 +3,10 @@
 Measures on the given device (``--device cpu|cuda``), writing ``results/bench.json`` and printing
 a table:
 
-* ``ceiling_forwards_per_s``: raw ``upper`` + ``head`` forwards/s on random mid-level maps, at
-  batch 1 and at the batched env's batch size (the ceilings the env steps are compared with);
+* ``ceiling_forwards_per_s``: raw ``upper`` + ``head`` forwards/s on real mid-level maps, at
+  batch 1 and at the batched env's batch size (the ceilings the env steps are compared with),
+  and at the larger batches of greedy cutting and ``exhaustive`` (128 = the world's CPU
+  ``forward_batch``, and 512), which show where a forward is best sliced;
 * ``env_steps_per_s``: random-policy steps/s of the single env (``gym.make``) and of the batched
   VecEnv with ``n_envs`` episodes;
 * ``dqn_transitions_per_s``: SB3 DQN ``learn`` throughput on the batched env;
@@ -13,8 +15,9 @@ a table:
   ``exhaustive`` (2,025 windows, batched), with ``calls_per_image``;
 * ``replay_buffer_bytes`` of the default agent settings.
 
-CPU: the reduced-width VGG-16 (112 px) of the embedded default. CUDA: the real VGG-16 (224 px,
-random weights unless a checkpoint is given, bf16 autocast). The embedded dataset provides the
+CPU: the reduced-width VGG-16 (112 px) of the embedded default, the classifier every stage finds
+(``runs/animals/classifier.pt``, else the shipped one). CUDA: the real VGG-16 (224 px, random
+weights unless a checkpoint is given, bf16 autocast). The embedded dataset provides the
 images in both cases.
 """
 
@@ -42,7 +45,10 @@ from cutbg_env.io import write_json
 from cutbg_env.localize import exhaustive, exhaustive_windows
 from cutbg_env.rollout import observation_options, rollout, sb3_policy
 from cutbg_env.vec_env import BatchedCutBackgroundVecEnv
-from cutbg_env.world import CutWorld
+from cutbg_env.world import CutWorld, classifier_file
+
+LARGE_BATCHES = (128, 512)
+"""Batch sizes of the forwards of greedy cutting and ``exhaustive``, measured beside the env's."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,8 @@ class BenchArgs:
     device: str = "cpu"
     """cpu (reduced-width VGG-16) or cuda (VGG-16)."""
     checkpoint: str | None = None
-    """Classifier checkpoint (default: the trained one on CPU if present, else random weights)."""
+    """Classifier checkpoint (default on CPU: runs/animals/classifier.pt, else the shipped one, as
+    every stage; on CUDA: VGG-16 with random weights)."""
     class_name: str = "dog"
     """Class of the env episodes."""
     n_envs: int | None = None
@@ -98,8 +105,9 @@ def _interleaved(
 def _classifier(args: BenchArgs, classes: tuple[str, ...], tmp: Path) -> str:
     if args.checkpoint:
         return args.checkpoint
-    if args.device == "cpu" and paths.classifier_path("animals").is_file():
-        return str(paths.classifier_path("animals"))
+    trained = classifier_file("animals")  # runs/animals/classifier.pt, else the shipped one
+    if args.device == "cpu" and trained.is_file():
+        return str(trained)
     config = BackboneConfig() if args.device == "cpu" else BackboneConfig.voc(weights=None)
     torch.manual_seed(0)
     path = tmp / "classifier.pt"
@@ -122,6 +130,7 @@ def bench(args: BenchArgs) -> dict:
     cfg = model.config
     mids = world.mid_maps(world.positives[:n_envs] * (1 + n_envs // len(world.positives)))[:n_envs]
     x = mids.to(next(model.parameters()).dtype)
+    large = {b: x.repeat(-(-b // n_envs), 1, 1, 1)[:b] for b in LARGE_BATCHES}
 
     def raw(batch: torch.Tensor) -> None:
         with torch.inference_mode(), world.autocast():
@@ -152,11 +161,13 @@ def bench(args: BenchArgs) -> dict:
             "single": (single_step, 1),
             "ceiling_n": (lambda: raw(x), n_envs),
             "batched": (batched_step, n_envs),
+            **{f"ceiling_{b}": (lambda b=b: raw(large[b]), b) for b in LARGE_BATCHES},
         },
         args.seconds,
         device,
     )
     ceiling = {"batch_1": rates["ceiling_1"], f"batch_{n_envs}": rates["ceiling_n"]}
+    ceiling.update({f"batch_{b}": rates[f"ceiling_{b}"] for b in LARGE_BATCHES})
     env_steps = {"single": rates["single"], "batched": rates["batched"], "n_envs": n_envs}
     voc = device.type == "cuda"
     agent_args = DQNArgs().resolved_for("voc2007" if voc else "animals")
@@ -206,7 +217,7 @@ def bench(args: BenchArgs) -> dict:
         "torch_threads": torch.get_num_threads(),
         "backbone": dataclasses.asdict(cfg),
         "dtype": "bfloat16 autocast" if voc else "float32",
-        "batch_sizes": {"ceiling": [1, n_envs], "n_envs": n_envs},
+        "batch_sizes": {"ceiling": [1, n_envs, *LARGE_BATCHES], "n_envs": n_envs},
         "ceiling_forwards_per_s": ceiling,
         "env_steps_per_s": env_steps,
         "env_vs_ceiling": {
@@ -243,7 +254,10 @@ def table(r: dict) -> str:
     rows = [
         ("device", r["device"]),
         ("ceiling forwards/s, batch 1", f"{c['batch_1']:.0f}"),
-        (f"ceiling forwards/s, batch {n}", f"{c[f'batch_{n}']:.0f}"),
+        *(
+            (f"ceiling forwards/s, batch {b}", f"{c[f'batch_{b}']:.0f}")
+            for b in r["batch_sizes"]["ceiling"][1:]
+        ),
         (
             "env steps/s, single",
             f"{r['env_steps_per_s']['single']:.0f} "

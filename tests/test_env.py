@@ -38,7 +38,7 @@ from cutbg_env.env import CutBackgroundEnv, draw_crops, parse_action
 from cutbg_env.episode import HISTORY, Episode
 from cutbg_env.errors import CheckpointError, DataError, OptionError, UnknownClassError
 from cutbg_env.geometry import FULL_CROP, crop_to_box
-from cutbg_env.world import CutWorld
+from cutbg_env.world import CPU_FORWARD_BATCH, CutWorld
 
 ALL_IDS = (cutbg_env.ENV_IDS[0], "cutbg_env:CutBackground-v0")  # the paper's state
 INFO_KEYS = {
@@ -761,6 +761,37 @@ def test_env_crop_cache_gives_the_same_episodes(env_kwargs: dict) -> None:
     assert world.crop_misses == misses and world.crop_hits == first[-1][-1]["calls"] - 1 > 0
     with pytest.raises(OptionError, match=r"crop_cache_mb=-2\.0: must be a finite number ≥ 0"):
         gym.make(ALL_IDS[0], crop_cache_mb=-2.0, **env_kwargs)
+
+
+def test_a_large_batch_is_scored_forward_batch_crops_at_a_time(world: CutWorld) -> None:
+    """Seven crops with ``forward_batch=3``: three forwards (3 + 3 + 1), the scores and features
+    of one forward of all seven; the CPU default is CPU_FORWARD_BATCH."""
+    assert world.forward_batch == CPU_FORWARD_BATCH
+    sliced = CutWorld(
+        world.dataset_name,
+        "trainval",
+        world.class_name,
+        model=world.model,
+        data=world.data,
+        forward_batch=3,
+    )
+    crops = np.asarray([(k, 0, 28, 28 - k) for k in range(7)])
+    mids = world.mid_maps(world.positives[:1] * 7)
+    sizes: list[int] = []
+    hook = world.model.upper.register_forward_hook(lambda _m, args, _o: sizes.append(len(args[0])))
+    try:
+        feats, scores = sliced.score_crops(mids, crops)
+    finally:
+        hook.remove()
+    assert sizes == [3, 3, 1]
+    whole_feats, whole_scores = world.score_crops(mids, crops)
+    np.testing.assert_allclose(feats, whole_feats, atol=1e-5)
+    np.testing.assert_allclose(scores, whole_scores, atol=1e-6)
+    assert len(set(np.round(scores, 6))) > 1  # the crops differ in score: the order is checked
+    with pytest.raises(OptionError, match=r"forward_batch=0: must be an integer ≥ 1"):
+        CutWorld(
+            world.dataset_name, "trainval", world.class_name, model=world.model, forward_batch=0
+        )
 
 
 def test_crop_cache_size_must_be_a_number(world: CutWorld) -> None:
