@@ -129,6 +129,8 @@ def markdown_table(result: dict) -> str:
     lines = [
         f"# Localization on {result['dataset']} / {result['split']} ({result['images']} images)",
         "",
+        ONE_SEED,
+        "",
         "| method | mAP | mAP (VOC07 11-pt) | mean CorLoc | calls / image | ms / image | "
         + " | ".join(f"AP {c}" for c in classes)
         + " |",
@@ -145,6 +147,11 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines + _notes(result)) + "\n"
 
 
+ONE_SEED = (
+    "One training seed (the agents of seed 0); one run is several CorLoc points from the next: "
+    "`--seeds 5` (`make eval SEEDS=5`) reports the mean, std and 95 % CI over five."
+)
+"""The line under the heading of a one-seed table (``make demo``'s)."""
 NOT_MEASURED = "–"
 """The table's entry of a class that has no positive image (``null`` in eval.json)."""
 

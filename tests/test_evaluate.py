@@ -25,6 +25,7 @@ from cutbg_env.runs import check_classifier, trained_agent, trained_delta, train
 from cutbg_env.world import CutWorld
 from evaluate.__main__ import main as eval_main
 from evaluate.run import METHODS, EvalArgs, evaluate_class, run
+from evaluate.tables import ONE_SEED
 
 slow = pytest.mark.slow
 ROW_KEYS = {
@@ -89,6 +90,7 @@ def test_eval_writes_every_method_and_file(tiny_pipeline: dict) -> None:
     assert saved["delta"]["source"] == {"dog": "runs/animals/dog/config.json"}  # from the cwd
     md = (out / "eval.md").read_text()
     assert all(f"| {m} |" in md for m in METHODS) and "agent_ensemble" not in md
+    assert md.split("\n")[2] == ONE_SEED and "(the agents of seed 0)" in ONE_SEED
     assert f"δ of every rule-based row: dog {delta:g} (each agent's training δ, config.json)." in md
     figures = sorted((out / "figures").glob("dog_*.png"))
     assert [f.name for f in figures] == [f"dog_{data.ids[i]}.png" for i in (1, 7)]  # 2 dogs
