@@ -2,8 +2,8 @@
 
 The only place boxes are used before evaluation (as in the paper): a seeded ≤ 5 % subset of the
 training split (:func:`validation_subset`). ``python -m train calibrate`` chooses each class's δ
-and refinement setting on it and writes them to ``runs/<dataset>/calibration.json``
-(:func:`load_calibration`, each class with the sha256 of the classifier it was calibrated with);
+and refinement setting on it, counts every refinement setting's hits there, and writes them to
+``runs/<dataset>/calibration.json`` (:func:`load_calibration`, each class with the sha256 of the classifier it was calibrated with);
 :func:`resolve_delta` is δ's resolution order (the given value, the calibrated one, the shipped
 classifier's, :data:`DEFAULT_DELTA`).
 """
@@ -21,6 +21,7 @@ from cutbg_env import paths, shipped
 from cutbg_env.errors import DataError
 from cutbg_env.geometry import Box
 from cutbg_env.io import file_sha256
+from cutbg_env.refine import parse_setting
 
 if TYPE_CHECKING:
     from cutbg_env.world import CutWorld
@@ -63,9 +64,12 @@ CALIBRATION_TABLES = (
     "heatmap_threshold",
     "validation",
     "classifier",
+    "refinement_hits",
 )
 """The per-class tables of a calibration file (each maps a class to its value; ``classifier``:
-the sha256 of the classifier file the class was calibrated with)."""
+the sha256 of the classifier file the class was calibrated with; ``refinement_hits``: the
+validation images whose refined greedy-cut box is a CorLoc hit, per setting key, which
+:func:`cutbg_env.refine.dataset_setting` pools into the dataset's one refinement setting)."""
 
 
 def load_calibration(dataset: str, classifier: str | Path | None = None) -> dict:
@@ -135,6 +139,18 @@ def _read_calibration(dataset: str) -> dict:
         if not ok:
             raise DataError(
                 f"calibration file {path}: delta of {c!r} is {d!r}, not a number in [0, 1]: {fix}"
+            )
+    for c, table in calib.get("refinement_hits", {}).items():
+        try:
+            ok = isinstance(table, dict) and all(
+                parse_setting(k) and type(n) is int and n >= 0 for k, n in table.items()
+            )
+        except ValueError:
+            ok = False
+        if not ok:
+            raise DataError(
+                f"calibration file {path}: refinement_hits of {c!r} is not an object of "
+                f"'layer/region/threshold' keys and hit counts ≥ 0: {fix}"
             )
     return calib
 

@@ -19,7 +19,7 @@ from cutbg_env.geometry import FULL_CROP, crop_to_box
 from cutbg_env.io import file_sha256
 from cutbg_env.localize import greedy_cut
 from cutbg_env.metrics import average_precision, corloc
-from cutbg_env.refine import REFINEMENT_FILE
+from cutbg_env.refine import dataset_setting, setting_key
 from cutbg_env.rollout import ensemble_options, ensemble_policy, observation_options
 from cutbg_env.runs import check_classifier, trained_agent, trained_delta, trained_seeds
 from cutbg_env.world import CutWorld
@@ -96,11 +96,13 @@ def test_eval_writes_every_method_and_file(tiny_pipeline: dict) -> None:
     assert [f.name for f in figures] == [f"dog_{data.ids[i]}.png" for i in (1, 7)]  # 2 dogs
     assert cv2.imread(str(figures[0])).shape == (224, 3 * 224, 3)  # three panels
     assert result["agent"]["map"] == saved["agent"]["map"]
-    # one class: pooling its own validation table gives its own choice
-    own = json.loads((tiny_pipeline["agent"].parent / REFINEMENT_FILE).read_text())
-    key = f"{own['heatmap_layer']}/{own['heatmap_region']}/{own['heatmap_threshold']:g}"
-    assert saved["refinement"] == {"rule": "pooled over dog", "settings": {"dog": key}}
-    assert f"dog {key} (pooled over dog)" in md
+    # the heat-map setting is the dataset's, pooled over the calibrated classes' hit tables
+    calib = tiny_pipeline["calibration"]
+    key = setting_key(dataset_setting(calib))
+    n = sum(1 for t in calib["refinement_hits"].values() if t)
+    rule = f"the dataset's, pooled over the calibration's validation images of {n} classes"
+    assert saved["refinement"] == {"rule": rule, "settings": {"dog": key}}
+    assert f"dog {key} ({rule})" in md
 
 
 @slow
@@ -217,7 +219,7 @@ def test_eval_cli_error_is_one_line(tiny_pipeline: dict, capsys: pytest.CaptureF
 
 
 def test_eval_has_no_refinement_option(capsys: pytest.CaptureFixture) -> None:
-    """The refinement setting is always pooled over the agents' tables: the flag is gone."""
+    """The refinement setting is never chosen per run: the flag is gone."""
     with pytest.raises(SystemExit) as exit_info:
         eval_main(["--refinement", "own"])
     assert exit_info.value.code == 2

@@ -33,6 +33,7 @@ from cutbg_env.calibration import DEFAULT_DELTA, resolve_delta
 from cutbg_env.data import ANIMAL_CLASSES, GeneratorConfig, ensure_generated, generate
 from cutbg_env.data.generate import _generate_locked, _writer_lock
 from cutbg_env.errors import CheckpointError
+from cutbg_env.refine import calibrated_setting, dataset_setting, setting_key
 from cutbg_env.world import CutWorld
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +148,11 @@ def test_shipped_classifier_and_calibration() -> None:
     assert sorted(calib["delta"]) == sorted(ANIMAL_CLASSES)
     for key in ("heatmap_layer", "heatmap_region", "heatmap_threshold", "validation"):
         assert sorted(calib[key]) == sorted(ANIMAL_CLASSES), key
+    assert sorted(calib["refinement_hits"]) == sorted(ANIMAL_CLASSES)
+    for c, hits in calib["refinement_hits"].items():  # the chosen setting's hits: its CorLoc
+        val, chosen = calib["validation"][c], calibrated_setting(calib, c)
+        assert hits[setting_key(chosen)] == round(val["refined_corloc"] * val["images"] / 100)
+    assert dataset_setting(calib) == ("mid", "mass", 0.4)  # what evaluation uses on this set
     digest = hashlib.sha256(shipped.classifier_path().read_bytes()).hexdigest()
     assert calib["provenance"]["classifier_sha256"] == digest
     assert "python -m train calibrate --dataset animals" in calib["provenance"]["commands"]

@@ -390,6 +390,9 @@ def test_class_without_positives_in_training_is_one_line(
         (b'{"delta": {"dog": "x"}}', r"delta of 'dog' is 'x', not a number in \[0, 1\]"),
         (b'{"delta": {"dog": NaN}}', r"delta of 'dog' is nan, not a number in \[0, 1\]"),
         (b'{"heatmap_threshold": 3}', r"'heatmap_threshold' is a int, not an object"),
+        (b'{"refinement_hits": {"dog": []}}', r"refinement_hits of 'dog' is not an object of"),
+        (b'{"refinement_hits": {"dog": {"mid/mass": 3}}}', r"refinement_hits of 'dog' is not"),
+        (b'{"refinement_hits": {"dog": {"mid/mass/0.4": -1}}}', r"hit counts ≥ 0: recreate"),
         (b"\xff\xfe{}", r"is unreadable \(.*utf-8"),
     ],
 )

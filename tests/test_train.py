@@ -21,6 +21,7 @@ from cutbg_env.refine import (
     REFINEMENT_FILE,
     THRESHOLDS,
     best_setting,
+    dataset_setting,
     parse_setting,
     pooled_setting,
     refinement_scores,
@@ -397,6 +398,13 @@ def test_pipeline_calibration_follows_its_rule(tiny_pipeline: dict) -> None:
         calib["heatmap_threshold"]["dog"],
     )
     assert 100 * chosen == pytest.approx(val["refined_corloc"])
+    # every setting's hits at the chosen δ are stored, and they pool into the dataset's setting
+    crops = {i: g.crop for i, g in zip(images, greedy_cut(world, images, delta), strict=True)}
+    scores = refinement_scores(world, crops, truth)
+    hits = {setting_key(k): round(v * len(images)) for k, v in scores.items()}
+    assert calib["refinement_hits"]["dog"] == hits and len(hits) == 36
+    assert hits[setting_key(setting)] == round(chosen * val["images"])
+    assert dataset_setting(calib) == pooled_setting(calib["refinement_hits"].values())
     for d in candidates:
         other, _ = best_at(d)
         assert other < chosen if d < delta else other <= chosen, d
@@ -422,6 +430,9 @@ def test_calibrate_writes_the_asked_classes_and_keeps_the_others(own_runs: Path)
     # each class records the classifier it was calibrated with (cat: no record, as written)
     digest = hashlib.sha256((own_runs / "classifier.pt").read_bytes()).hexdigest()
     assert saved["classifier"] == {"dog": digest, "zebra": digest}
+    assert saved["refinement_hits"]["dog"] == stored["refinement_hits"]["dog"]
+    assert sum(saved["refinement_hits"]["zebra"].values()) >= 0
+    assert len(saved["refinement_hits"]["zebra"]) == 36
     assert saved["rule"]["delta"].endswith("within [0.07, 0.07]")
     assert saved["rule"]["subset"] == "5% of trainval, seed 0"
     # a class without a validation image keeps its stored values (here: none)
@@ -803,6 +814,29 @@ def test_evaluation_pools_the_tables_of_every_class() -> None:
     settings, how = evaluation_settings({"dog": dog, "cat": cat, "cow": None}, {})
     assert settings == dict.fromkeys(("dog", "cat", "cow"), ("senior", "mass", 0.9))
     assert how == "pooled over dog, cat"
+
+
+def test_the_dataset_setting_is_pooled_over_the_calibrated_classes() -> None:
+    from cutbg_env.refine import evaluation_settings
+
+    calib = {
+        "refinement_hits": {
+            "dog": {"mid/peak/0.5": 7, "mid/mass/0.4": 5},
+            "cat": {"mid/peak/0.5": 2, "mid/mass/0.4": 6},
+            "bear": {},  # no validation hit table: not counted
+        },
+        "heatmap_threshold": {"dog": 0.9},  # the per-class setting: not used when pooled
+    }
+    assert dataset_setting(calib) == ("mid", "mass", 0.4)  # 11 hits against 9
+    assert dataset_setting({}) is None and dataset_setting({"refinement_hits": {}}) is None
+    # the agents' own tables (which alone would pick senior/mass/0.9) are not used
+    agents = {"dog": {"senior/mass/0.9": 20}, "cow": None}
+    settings, how = evaluation_settings(agents, calib)
+    assert settings == {"dog": ("mid", "mass", 0.4), "cow": ("mid", "mass", 0.4)}
+    assert how == "the dataset's, pooled over the calibration's validation images of 2 classes"
+    # an older calibration file without hit tables: the agents' tables are pooled
+    settings, how = evaluation_settings(agents, {"heatmap_threshold": {"dog": 0.9}})
+    assert settings["cow"] == ("senior", "mass", 0.9) and how == "pooled over dog"
 
 
 def test_corrupt_refinement_file_names_it(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ observation (``--no-observe-score`` = the paper's state), Double DQN (``--no-dou
 validity head (``--no-validity-head`` = an MLP Q head).
 
 After training, the agent runs on the calibration's validation subset and writes the refined
-CorLoc of every heat-map setting to ``refinement.json`` (:func:`choose_refinement`).
+CorLoc of every heat-map setting to ``refinement.json`` (:func:`choose_refinement`): a record of
+how its own boxes refine, which evaluation uses only with a calibration file older than the
+dataset-wide setting (:func:`cutbg_env.refine.evaluation_settings`).
 """
 
 from __future__ import annotations
@@ -193,8 +195,9 @@ def choose_refinement(
     agent's boxes are looser than those, and the refinement is there to tighten them. So, after
     training, the agent runs on the calibration's validation subset (the only images whose boxes
     training may use) and every setting's hit count goes to ``refinement.json``
-    (:func:`~cutbg_env.refine.write_refinement`), which evaluation pools over the evaluated
-    classes. Returns the written dict (``None`` when no validation image contains the class).
+    (:func:`~cutbg_env.refine.write_refinement`). Evaluation uses the dataset's setting pooled at
+    calibration instead, less noisy than one agent's ~20 images, and reads these tables only
+    when the calibration file has no hit tables. Returns the written dict (``None`` when no validation image contains the class).
     """
     images = validation_images(world)
     if not images:

@@ -13,9 +13,9 @@ Rule (per class), jointly for δ and the refinement's heat-map layer, region rul
   region rule (:data:`~cutbg_env.refine.HEATMAP_REGIONS`) and threshold in the grid.
 * The (δ, layer, region, threshold) with the highest refined CorLoc is kept (ties: smaller δ,
   then lower threshold, then the mid-level layer, then the peak region).
-
-After training, each agent re-chooses layer, region and threshold on its own boxes of the same
-images (:func:`train.agent.choose_refinement`).
+* At that δ, every setting's hit count is stored (``refinement_hits``): evaluation pools them
+  over all calibrated classes into the dataset's one refinement setting
+  (:func:`cutbg_env.refine.dataset_setting`), chosen on ~180 images instead of one class's ~20.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from cutbg_env.geometry import FULL_CROP, box_to_crop, crop_to_box
 from cutbg_env.io import file_sha256, log, relpath, remove_stale_temps, write_json
 from cutbg_env.localize import greedy_cut
 from cutbg_env.metrics import corloc_hit
-from cutbg_env.refine import best_setting, refinement_scores
+from cutbg_env.refine import best_setting, refinement_scores, setting_key
 from cutbg_env.world import CutWorld
 
 
@@ -133,6 +133,11 @@ def calibrate(args: CalibrateArgs) -> dict:
         calib["heatmap_region"][c] = region
         calib["heatmap_threshold"][c] = thr
         calib["classifier"][c] = digest
+        calib["refinement_hits"][c] = {
+            setting_key((lyr, reg, t)): round(v * len(images))
+            for (d, lyr, reg, t), v in scores.items()
+            if d == delta
+        }
         calib["validation"][c] = {
             "images": len(images),
             "gt_drop_median": float(np.median(drops)),
@@ -149,6 +154,7 @@ def calibrate(args: CalibrateArgs) -> dict:
     calib["rule"] = {
         "delta": f"best refined CorLoc over {DELTAS} and the {args.quantile} quantile of the "
         f"drop at the GT crop, within [{args.min_delta}, {args.max_delta}]",
+        "refinement": "evaluation: the best summed refinement_hits over the calibrated classes",
         "subset": f"{args.fraction:.0%} of {train_split}, seed {args.seed}",
     }
     path = paths.calibration_path(args.dataset)
