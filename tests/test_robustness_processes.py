@@ -1,5 +1,6 @@
 """Real processes on the tiny pipeline: two trainings of one run folder, two calibrations of one
-dataset, and trainings killed with SIGKILL (inside a checkpoint save included) then resumed."""
+dataset, trainings killed with SIGKILL (inside a checkpoint save included) then resumed, and a
+member worker outliving a killed driver."""
 
 from __future__ import annotations
 
@@ -217,3 +218,62 @@ def test_killed_trainings_resume_and_leave_no_temp_file(
     assert temps(out) == [] and runs.run_state(out) == "finished"
     assert json.loads((out / "checkpoints" / "state.json").read_text())["epoch"] == 3
     assert runs.check_run(out, "retrain")
+
+
+ORPHAN = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from train.agent import exit_with_parent
+
+def job(path):
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        1, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(), 0.1)
+    ) as pool:
+        pool.submit(job, sys.argv[1])
+        time.sleep(120)
+"""
+"""A driver whose one worker, started as ``_fit_members`` starts members, writes its pid and
+sleeps: the test kills the driver and watches the worker."""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a dead orphan may wait unreaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@slow
+def test_a_member_worker_exits_when_its_driver_is_killed(tmp_path: Path) -> None:
+    """SIGKILL runs no clean-up in the driver: the worker notices and exits by itself."""
+    script, pid_file = tmp_path / "driver.py", tmp_path / "worker.pid"
+    script.write_text(ORPHAN)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    driver = subprocess.Popen([sys.executable, str(script), str(pid_file)], cwd=tmp_path, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.is_file() and time.monotonic() < deadline:
+            assert driver.poll() is None, "the driver ended before its worker started"
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        assert _running(worker)
+        time.sleep(0.5)
+        assert _running(worker)  # the watchdog leaves a worker with a live parent alone
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(worker), "the orphaned worker kept running"
+    finally:
+        if driver.poll() is None:
+            driver.kill()

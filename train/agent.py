@@ -22,6 +22,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -319,6 +320,22 @@ def join(args: AgentArgs, env: Any, parts: list[CutDQN], timesteps: int) -> CutD
     return model
 
 
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """Make this worker process exit (status 3) within ``every`` seconds of its parent's death.
+
+    A worker's initializer (:func:`_fit_members`): a driver killed with SIGTERM or SIGKILL runs
+    no clean-up, and its member workers would otherwise train on, orphaned, for minutes and write
+    into a run folder nobody owns. A daemon thread polls ``os.getppid()`` (a dead parent's
+    children are re-parented)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _train_member(args: AgentArgs) -> str:
     """One member's training (a worker process's job): the path of its ``agent.zip``."""
     return str(fit_agent(args)[1])
@@ -369,7 +386,9 @@ def _fit_members(
     )
     if workers > 1 and len(todo) > 1:
         context = multiprocessing.get_context("spawn")  # torch is not fork-safe once threaded
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             for future in as_completed([pool.submit(_train_member, j) for j in todo]):
                 future.result()
                 bar.update()
