@@ -3,7 +3,8 @@
 The only place boxes are used before evaluation (as in the paper): a seeded ≤ 5 % subset of the
 training split (:func:`validation_subset`). ``python -m train calibrate`` chooses each class's δ
 and refinement setting on it, counts every refinement setting's hits there, and writes them to
-``runs/<dataset>/calibration.json`` (:func:`load_calibration`, each class with the sha256 of the classifier it was calibrated with);
+``runs/<dataset>/calibration.json`` (:func:`load_calibration`, each class with the sha256 of the
+classifier it was calibrated with);
 :func:`resolve_delta` is δ's resolution order (the given value, the calibrated one, the shipped
 classifier's, :data:`DEFAULT_DELTA`).
 """

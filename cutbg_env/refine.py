@@ -359,8 +359,13 @@ def dataset_setting(calibration: Mapping) -> Setting | None:
     ``refinement_hits`` (per class, the refined hits of greedy-cut boxes on its validation
     images, every setting), or ``None`` when the calibration has no such table (a file written
     before it existed)."""
-    tables = [t for t in calibration.get("refinement_hits", {}).values() if t]
+    tables = _hit_tables(calibration)
     return pooled_setting(tables) if tables else None
+
+
+def _hit_tables(calibration: Mapping) -> list[Mapping[str, int]]:
+    """The calibration's non-empty per-class ``refinement_hits`` tables."""
+    return [t for t in calibration.get("refinement_hits", {}).values() if t]
 
 
 def evaluation_settings(
@@ -380,7 +385,7 @@ def evaluation_settings(
     """
     chosen = dataset_setting(calibration)
     if chosen is not None:
-        n = sum(1 for t in calibration["refinement_hits"].values() if t)
+        n = len(_hit_tables(calibration))
         return (
             dict.fromkeys(tables, chosen),
             f"the dataset's, pooled over the calibration's validation images of {n} classes",

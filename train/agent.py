@@ -198,7 +198,8 @@ def choose_refinement(
     training may use) and every setting's hit count goes to ``refinement.json``
     (:func:`~cutbg_env.refine.write_refinement`). Evaluation uses the dataset's setting pooled at
     calibration instead, less noisy than one agent's ~20 images, and reads these tables only
-    when the calibration file has no hit tables. Returns the written dict (``None`` when no validation image contains the class).
+    when the calibration file has no hit tables. Returns the written dict (``None`` when no
+    validation image contains the class).
     """
     images = validation_images(world)
     if not images:
