@@ -302,6 +302,12 @@ def refinement_scores(
     return scores
 
 
+def hit_counts(scores: Mapping[Setting, float], images: int) -> dict[str, int]:
+    """``{setting_key: hits}`` from :func:`refinement_scores`' CorLoc fractions on ``images``
+    validation images (the table ``refinement.json`` and ``calibration.json`` store)."""
+    return {setting_key(k): round(v * images) for k, v in scores.items()}
+
+
 def write_refinement(
     path: str | Path, scores: Mapping[Setting, float], images: int, run_id: str | None = None
 ) -> dict:
@@ -316,7 +322,7 @@ def write_refinement(
         "validation": {
             "images": images,
             "agent_refined_corloc": 100 * scores[(layer, region, thr)],
-            "hits": {setting_key(k): round(v * images) for k, v in scores.items()},
+            "hits": hit_counts(scores, images),
         },
         "rule": "best refined CorLoc of the agent's boxes on the calibration's validation subset",
     }

@@ -431,8 +431,12 @@ def test_calibrate_writes_the_asked_classes_and_keeps_the_others(own_runs: Path)
     digest = hashlib.sha256((own_runs / "classifier.pt").read_bytes()).hexdigest()
     assert saved["classifier"] == {"dog": digest, "zebra": digest}
     assert saved["refinement_hits"]["dog"] == stored["refinement_hits"]["dog"]
-    assert sum(saved["refinement_hits"]["zebra"].values()) >= 0
-    assert len(saved["refinement_hits"]["zebra"]) == 36
+    zebra, val = saved["refinement_hits"]["zebra"], saved["validation"]["zebra"]
+    assert len(zebra) == 36  # the chosen setting's hits are its validation CorLoc
+    key = setting_key(
+        tuple(saved[f"heatmap_{k}"]["zebra"] for k in ("layer", "region", "threshold"))
+    )
+    assert zebra[key] == round(val["refined_corloc"] * val["images"] / 100)
     assert saved["rule"]["delta"].endswith("within [0.07, 0.07]")
     assert saved["rule"]["subset"] == "5% of trainval, seed 0"
     # a class without a validation image keeps its stored values (here: none)

@@ -41,7 +41,7 @@ from cutbg_env.geometry import FULL_CROP, box_to_crop, crop_to_box
 from cutbg_env.io import file_sha256, log, relpath, remove_stale_temps, write_json
 from cutbg_env.localize import greedy_cut
 from cutbg_env.metrics import corloc_hit
-from cutbg_env.refine import best_setting, refinement_scores, setting_key
+from cutbg_env.refine import best_setting, hit_counts, refinement_scores
 from cutbg_env.world import CutWorld
 
 
@@ -133,11 +133,9 @@ def calibrate(args: CalibrateArgs) -> dict:
         calib["heatmap_region"][c] = region
         calib["heatmap_threshold"][c] = thr
         calib["classifier"][c] = digest
-        calib["refinement_hits"][c] = {
-            setting_key((lyr, reg, t)): round(v * len(images))
-            for (d, lyr, reg, t), v in scores.items()
-            if d == delta
-        }
+        calib["refinement_hits"][c] = hit_counts(
+            {k[1:]: v for k, v in scores.items() if k[0] == delta}, len(images)
+        )
         calib["validation"][c] = {
             "images": len(images),
             "gt_drop_median": float(np.median(drops)),
