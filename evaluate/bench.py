@@ -33,6 +33,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import DQN
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecMonitor
 
 import cutbg_env  # noqa: F401 - registers the env
@@ -179,6 +180,9 @@ def bench(args: BenchArgs) -> dict:
     dqn = dataclasses.replace(agent_args, buffer_size=20_000, members=1).build(
         VecMonitor(train_venv), device=args.device
     )
+    # a logger that writes nothing: SB3's default for a model without tensorboard_log makes an
+    # empty /tmp/SB3-<time> folder at every learn()
+    dqn.set_logger(Logger(folder=None, output_formats=[]))
     dqn.learn(2000)  # warm-up, fills learning_starts
     steps = max(4000, int(env_steps["batched"] * args.seconds * 0.5) // n_envs * n_envs)
     t0 = time.perf_counter()
