@@ -76,13 +76,6 @@ class ClassifierArgs(StageArgs):
     cutmix: float = 0.0
     """Probability of CutMix on the mid-level map in the first stage: a random box of another
     image is pasted in and the targets mix by area, so a partial object earns a partial score."""
-    cam_crops: float = 0.0
-    """Probability, per batch of the first stage, of CAM-share crops: the mid-level map is zeroed
-    outside a random crop and each class's target mixes by the share of its class activation map
-    (the network's own, from the uncropped image) that the crop keeps."""
-    finetune_cam_crops: float = 0.0
-    """Probability of CAM-share crops per batch of the fine-tune stage (then CutMix is not used
-    on that batch)."""
     init: str | None = None
     """Start the first stage from this classifier checkpoint (fine-tuning) instead of a fresh
     network."""
@@ -115,8 +108,6 @@ class ClassifierArgs(StageArgs):
         checks.real("--label-smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
         checks.real("--crop-augment", self.crop_augment, 0.0, 1.0)
         checks.real("--cutmix", self.cutmix, 0.0, 1.0)
-        checks.real("--cam-crops", self.cam_crops, 0.0, 1.0)
-        checks.real("--finetune-cam-crops", self.finetune_cam_crops, 0.0, 1.0)
         checks.integer("--seed", self.seed, 0)
         checks.integer("--threads", self.threads, 0)
         super().__post_init__()
@@ -140,20 +131,10 @@ class ClassifierArgs(StageArgs):
             if self.lr is not None
             else (1e-4 if self.backbone().width_divisor == 1 else 2e-3)
         )
-        name = "scratch" if self.init is None else "init"
-        out = [Stage(name, first, lr, self.cutmix, self.init, self.cam_crops)]
+        out = [Stage("scratch" if self.init is None else "init", first, lr, self.cutmix, self.init)]
         if second > 0:
             ft_lr = self.finetune_lr if self.finetune_lr is not None else lr / 4
-            out.append(
-                Stage(
-                    "cutmix_finetune",
-                    second,
-                    ft_lr,
-                    self.finetune_cutmix,
-                    None,
-                    self.finetune_cam_crops,
-                )
-            )
+            out.append(Stage("cutmix_finetune", second, ft_lr, self.finetune_cutmix, None))
         return out
 
 
@@ -171,8 +152,6 @@ class Stage:
     """CutMix probability."""
     init: str | None
     """Checkpoint the first stage starts from (later stages continue the previous one)."""
-    cam_crops: float = 0.0
-    """CAM-share crop probability (per batch)."""
 
 
 def split_minutes(minutes: float, finetune_share: float) -> tuple[float, float]:
@@ -228,64 +207,6 @@ def _cutmix(
     mixed[:, :, y0 : y0 + side, x0 : x0 + side] = mid[perm, :, y0 : y0 + side, x0 : x0 + side]
     frac = side * side / (g * g)
     return mixed, (1 - frac) * y + frac * y[perm], w * w[perm]
-
-
-MIN_CROP_SIDE = 2
-"""Smallest side (cells) of a CAM-share crop."""
-
-
-def _random_crops(n: int, grid: int, gen: torch.Generator) -> torch.Tensor:
-    """``(n, 4)`` uniformly random grid crops ``(x0, y0, x1, y1)`` with sides ≥ ``MIN_CROP_SIDE``:
-    the env's reachable crops, from the whole map to a few cells."""
-    out = []
-    for _ in range(2):
-        side = torch.randint(MIN_CROP_SIDE, grid + 1, (n,), generator=gen)
-        start = (torch.rand(n, generator=gen) * (grid - side + 1)).long()
-        out.append((start, start + side))
-    (x0, x1), (y0, y1) = out
-    return torch.stack([x0, y0, x1, y1], 1)
-
-
-def class_activation(model: Classifier, mid: torch.Tensor) -> torch.Tensor:
-    """``(N, K, G, G)`` class activation maps (Zhou et al., 2016) of mid-level maps ``(N, C, G,
-    G)``: the global-average-pool head's weights over the senior map, clipped at 0 and resized
-    to the mid-level grid."""
-    linear = model.head[-1]
-    if not isinstance(linear, torch.nn.Linear) or model.config.head != "gap":
-        raise ValueError("class activation maps need the global-average-pool head")
-    senior = model.upper(mid)
-    cam = torch.einsum("kc,nchw->nkhw", linear.weight.to(senior.dtype), senior).clamp_min(0)
-    grid = mid.shape[-1]
-    return F.interpolate(cam.float(), size=(grid, grid), mode="bilinear", align_corners=False)
-
-
-def _cam_crops(
-    model: Classifier, mid: torch.Tensor, y: torch.Tensor, floor: float, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero ``mid`` outside a random crop per image; each target moves from ``y`` toward the
-    negative target ``floor`` by the share of its class's activation map the crop cuts away."""
-    from cutbg_env.geometry import crop_masks
-
-    training = model.upper.training
-    with torch.no_grad():
-        model.upper.eval()  # the inference-time map; no batch-norm statistics updated
-        cam = class_activation(model, mid.detach())
-        model.upper.train(training)
-    crops = _random_crops(len(mid), mid.shape[-1], gen).to(mid.device)
-    mask = crop_masks(crops, mid.shape[-1])
-    return mid * mask.to(mid.dtype), cam_share_targets(cam, mask, y, floor)
-
-
-def cam_share_targets(
-    cam: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, floor: float
-) -> torch.Tensor:
-    """Targets ``(N, K)`` of crops: ``floor + s (y − floor)``, ``s`` the share of each class's
-    activation map ``cam`` ``(N, K, G, G)`` inside the crop ``mask`` ``(N, 1, G, G)`` (1 for a
-    map with no activation), so a negative class (``y = floor``) stays at ``floor``."""
-    total = cam.sum((2, 3))
-    kept = (cam * mask).sum((2, 3)) / total.clamp_min(1e-12)
-    kept = torch.where(total > 0, kept, torch.ones_like(kept))
-    return floor + kept * (y - floor)
 
 
 @torch.inference_mode()
@@ -387,9 +308,7 @@ def _fit(
             mid = model.lower(x)
             if args.crop_augment > 0:
                 mid = mid * _crop_mask(len(idx), mid.shape[-1], args.crop_augment, gen).to(mid)
-            if stage.cam_crops > 0 and torch.rand(1, generator=gen).item() < stage.cam_crops:
-                mid, y = _cam_crops(model, mid, y, eps / 2, gen)
-            elif stage.cutmix > 0 and torch.rand(1, generator=gen).item() < stage.cutmix:
+            if stage.cutmix > 0 and torch.rand(1, generator=gen).item() < stage.cutmix:
                 mid, y, w = _cutmix(mid, y, w, gen)
             logits = model.head(model.upper(mid))
             loss = (
