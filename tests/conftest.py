@@ -131,12 +131,6 @@ def _one_torch_thread() -> None:
 def _sb3_logs_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     """SB3 gives a model without ``tensorboard_log`` a logger folder of ``$SB3_LOGDIR``, else a
     new ``/tmp/SB3-<time>`` at every ``learn()``: keep the suite's in its own temporary folder."""
-    import os
-
-    before = os.environ.get("SB3_LOGDIR")
-    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3_logs"))
-    yield
-    if before is None:
-        os.environ.pop("SB3_LOGDIR", None)
-    else:
-        os.environ["SB3_LOGDIR"] = before
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3_logs")))
+        yield
