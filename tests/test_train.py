@@ -21,6 +21,7 @@ from cutbg_env.refine import (
     REFINEMENT_FILE,
     THRESHOLDS,
     best_setting,
+    calibrated_setting,
     dataset_setting,
     parse_setting,
     pooled_setting,
@@ -433,9 +434,7 @@ def test_calibrate_writes_the_asked_classes_and_keeps_the_others(own_runs: Path)
     assert saved["refinement_hits"]["dog"] == stored["refinement_hits"]["dog"]
     zebra, val = saved["refinement_hits"]["zebra"], saved["validation"]["zebra"]
     assert len(zebra) == 36  # the chosen setting's hits are its validation CorLoc
-    key = setting_key(
-        tuple(saved[f"heatmap_{k}"]["zebra"] for k in ("layer", "region", "threshold"))
-    )
+    key = setting_key(calibrated_setting(saved, "zebra"))  # present: checked above
     assert zebra[key] == round(val["refined_corloc"] * val["images"] / 100)
     assert saved["rule"]["delta"].endswith("within [0.07, 0.07]")
     assert saved["rule"]["subset"] == "5% of trainval, seed 0"
