@@ -1,6 +1,7 @@
 """``python -m evaluate``: every method on the same test images, VOC AP / CorLoc, figures.
 
-Methods (same classifier, same images: every test image, positives and negatives):
+Methods (same classifier, same images: the test images that hold the class, difficult objects
+included; on the others every method's detection is the whole image at ``p̄``, see below):
 
 * ``full_image``: the whole image as the box (1 call).
 * ``heatmap``: the refinement rectangle of the whole image's heat-map alone, no agent.
@@ -29,8 +30,13 @@ no AP or CorLoc: with other classes that have one, it is evaluated no further, i
 ``null`` in eval.json and ``–`` in eval.md, it is left out of the means, and a warning line
 says so (``unmeasurable`` in eval.json names it); without any such class it is an error.
 
-The confidence of every box is the full-image score ``p̄(c|x)`` (the paper's definition). Every
-rule-based row of a class runs at the δ its agent was trained with (its ``config.json``).
+The confidence of every box is the full-image score ``p̄(c|x)`` (the paper's definition). So on
+an image without an object of the class a method's detection is a false positive at ``p̄``
+whatever its box: every image enters AP, but only those holding the class are localized (on a
+class with 92 positives of 500 images, a fifth of the work; every row's AP and CorLoc
+unchanged but the random agent's, whose draws follow the images: ``tests/test_evaluate.py``), and
+calls and seconds per image are those of the localized images.
+Every rule-based row of a class runs at the δ its agent was trained with (its ``config.json``).
 """
 
 from __future__ import annotations
@@ -157,6 +163,12 @@ def ensemble_members(dataset: str, classes: Sequence[str]) -> dict[str, list[Pat
     return members
 
 
+def located_images(data: VOCDataset, cls: str, indices: Sequence[int]) -> list[int]:
+    """The images of ``indices`` that hold an object of ``cls`` (difficult ones included: a
+    detection matched to one is ignored by AP, so its box matters): the ones methods localize."""
+    return [i for i in indices if data.gt_boxes(i, cls)]
+
+
 def has_positive(data: VOCDataset, cls: str, indices: Sequence[int]) -> bool:
     """Whether one of the images ``indices`` is a positive of ``cls`` (:meth:`VOCDataset.positives`:
     an object not marked difficult, as VOC's AP and CorLoc count them): else the class's AP and
@@ -183,24 +195,27 @@ def evaluate_class(
     cache: dict | None = None,
     advance: Callable[[int], object] | None = None,
 ) -> dict[str, dict]:
-    """Boxes, calls and seconds per image of every method for one class on ``indices``.
+    """Boxes, calls and seconds per image of every method for one class: ``scores`` (the
+    full-image score ``p̄``) on every image of ``indices``, ``boxes``, calls and seconds on those
+    it localizes (:func:`located_images`; :func:`~evaluate.tables.score_boxes` gives the others
+    the whole image).
 
     ``setting`` is the heat-map ``(layer, region, threshold)`` of ``heatmap`` and the refined
     rows; ``agent`` the class's agent zip, whose δ (:func:`~cutbg_env.runs.trained_delta`) every
     rule-based method uses; a non-empty ``ensemble`` (agent zips) adds the ``agent_ensemble``
     rows. ``cache`` (a dict kept across calls for the same class and images) reuses the rows
     that do not depend on the agent (:data:`AGENT_FREE`) when δ and the setting are the same.
-    ``figdir=None`` draws no figure. ``advance(n)`` is called with ``len(indices)`` as each
-    method's row is done (a progress bar of images × methods)."""
+    ``figdir=None`` draws no figure. ``advance(n)`` is called with the number of localized
+    images as each method's row is done (a progress bar of images × methods)."""
     cache = {} if cache is None else cache
     data = world.data
     delta = trained_delta(agent)
     layer, region, thr = setting
     model = load_agent(agent, args.device)
-    sizes = {i: (data.annotation(i).width, data.annotation(i).height) for i in indices}
-    world.mid_maps(indices)
     _, p_full = world.full(indices)
     score = dict(zip(indices, p_full, strict=True))
+    indices = located_images(data, cls, indices)
+    sizes = {i: (data.annotation(i).width, data.annotation(i).height) for i in indices}
     per_image = max(len(indices), 1)
 
     def box(i: int, crop: tuple) -> tuple:
@@ -346,7 +361,7 @@ def run(args: EvalArgs) -> dict:
     caches: dict[str, dict] = {c: {} for c in classes}
     n_methods = len(METHODS) * len(seeds) + len(ENSEMBLE_METHODS) * bool(ensembles)
     bar = tqdm(
-        total=len(indices) * n_methods * len(measured),
+        total=n_methods * sum(len(located_images(data, c, indices)) for c in measured),
         desc="evaluating",
         unit="image",
         disable=not args.progress,
@@ -359,7 +374,8 @@ def run(args: EvalArgs) -> dict:
         per_class = {}
         for cls in measured:
             log(
-                f"evaluating {cls}{f' seed {n}' if args.seeds > 1 else ''} on {len(indices)} {split} images"
+                f"evaluating {cls}{f' seed {n}' if args.seeds > 1 else ''} on {len(indices)} {split} "
+                f"images, localizing the {len(located_images(data, cls, indices))} that hold one"
             )
             res = evaluate_class(
                 args,

@@ -25,12 +25,19 @@ ENSEMBLE_METHODS = ("agent_ensemble", "agent_ensemble_refined")
 
 
 def score_boxes(res: dict[str, dict], data, cls: str, indices: list[int]) -> dict[str, dict]:
-    """AP (VOC and VOC07), CorLoc, calls and seconds per image of each method's boxes."""
+    """AP (VOC and VOC07), CorLoc, calls and seconds per image of each method's boxes.
+
+    Every image of ``indices`` enters AP with one detection at its ``scores`` entry; an image
+    without a box in ``boxes`` (one not holding the class, which a method need not localize:
+    its detection is a false positive whatever the box) is given the whole image."""
     gt = {i: data.gt_boxes(i, cls) for i in indices}
     gt_pos = {i: g for i, g in gt.items() if g}
     out = {}
     for m, r in res.items():
-        dets = [(i, float(r["scores"][i]), r["boxes"][i]) for i in indices]
+        boxes = r["boxes"]
+        dets = [
+            (i, float(r["scores"][i]), boxes[i] if i in boxes else _whole(data, i)) for i in indices
+        ]
         out[m] = {
             "ap": average_precision(dets, gt),
             "ap07": average_precision(dets, gt, use_07_metric=True),
@@ -40,6 +47,12 @@ def score_boxes(res: dict[str, dict], data, cls: str, indices: list[int]) -> dic
             "pr": precision_recall(dets, gt),
         }
     return out
+
+
+def _whole(data, index: int) -> tuple[int, int, int, int]:
+    """The whole image as a VOC box."""
+    ann = data.annotation(index)
+    return (1, 1, ann.width, ann.height)
 
 
 def seed_rows(

@@ -25,7 +25,7 @@ from cutbg_env.runs import check_classifier, trained_agent, trained_delta, train
 from cutbg_env.world import CutWorld
 from evaluate.__main__ import main as eval_main
 from evaluate.run import METHODS, EvalArgs, evaluate_class, run
-from evaluate.tables import ONE_SEED
+from evaluate.tables import ONE_SEED, score_boxes
 
 slow = pytest.mark.slow
 ROW_KEYS = {
@@ -82,9 +82,10 @@ def test_eval_writes_every_method_and_file(tiny_pipeline: dict) -> None:
     dets = [(i, p, whole[i]) for i, p in zip(indices, p_full, strict=True)]
     assert saved["full_image"]["ap"]["dog"] == pytest.approx(average_precision(dets, gt))
     assert saved["full_image"]["corloc"]["dog"] == corloc(whole, {i: g for i, g in gt.items() if g})
-    # greedy_cut ran at the agent's δ: the same mean calls as a run of it here
+    # greedy_cut ran at the agent's δ on the images holding a dog: the same mean calls as here
     delta = trained_delta(tiny_pipeline["agent"])
-    calls = np.mean([loc.calls for loc in greedy_cut(world, indices, delta)])
+    dogs = [i for i in indices if gt[i]]
+    calls = np.mean([loc.calls for loc in greedy_cut(world, dogs, delta)])
     assert saved["greedy_cut"]["calls_per_image"] == pytest.approx(calls)
     assert saved["delta"]["values"] == {"dog": delta}
     assert saved["delta"]["source"] == {"dog": "runs/animals/dog/config.json"}  # from the cwd
@@ -416,6 +417,43 @@ def test_eval_adds_ensemble_rows_with_the_flag(own_runs: Path, tmp_path: Path) -
     assert "| agent_ensemble_refined |" in md and "each class's agents (dog 2)" in md
     assert not set(ENSEMBLE_METHODS) & set(plain) and "ensemble" not in plain
     assert json.loads((out / "off" / "eval.json").read_text()).keys() == plain.keys()
+
+
+@slow
+def test_eval_localizes_only_the_images_holding_the_class(
+    own_runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every method's detection on an image without the class is a false positive at p̄ whatever
+    its box, so localizing only the images that hold one gives the same AP, VOC07 AP and CorLoc
+    as localizing all of them (the first 12 trainval images, some with a dog, most without)."""
+    import evaluate.run
+
+    args = EvalArgs(classes="dog", split="trainval", exhaustive_windows=4, figures=0)
+    world = CutWorld("animals", "trainval", "dog")
+    indices = list(range(12))
+    dogs = [i for i in indices if world.data.gt_boxes(i, "dog")]
+    assert evaluate.run.located_images(world.data, "dog", indices) == dogs
+    assert 0 < len(dogs) < len(indices) / 2
+    setting, agent = ("mid", "peak", 0.5), own_runs / "dog" / "agent.zip"
+    located = evaluate_class(args, world, "dog", indices, None, setting, agent)
+    monkeypatch.setattr(evaluate.run, "located_images", lambda data, cls, idx: list(idx))
+    everywhere = evaluate_class(args, world, "dog", indices, None, setting, agent)
+    deterministic = [m for m in METHODS if m != "random_agent"]  # its draws follow the batch
+    for m in METHODS:
+        assert set(located[m]["boxes"]) == set(dogs)
+        assert set(everywhere[m]["boxes"]) == set(indices)
+        assert set(located[m]["scores"]) == set(indices)
+        if m in deterministic:
+            assert all(located[m]["boxes"][i] == everywhere[m]["boxes"][i] for i in dogs), m
+    # greedy cutting's boxes elsewhere are not the whole image, yet AP does not see them
+    whole = crop_to_box(FULL_CROP, 224, 224)
+    others = [i for i in indices if i not in dogs]
+    assert any(everywhere["greedy_cut"]["boxes"][i] != whole for i in others)
+    scored = score_boxes(located, world.data, "dog", indices)
+    reference = score_boxes(everywhere, world.data, "dog", indices)
+    for m in deterministic:
+        for key in ("ap", "ap07", "corloc"):
+            assert scored[m][key] == reference[m][key], (m, key)
 
 
 @slow
