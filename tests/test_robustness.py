@@ -22,7 +22,7 @@ from tiny import dataset_classes, make_tiny_checkpoint, tiny_env_kwargs
 
 from cutbg_env import checks, paths, runs
 from cutbg_env.calibration import load_calibration
-from cutbg_env.data import VOCDataset
+from cutbg_env.data import VOCDataset, open_split
 from cutbg_env.errors import (
     CheckpointError,
     DataError,
@@ -695,9 +695,11 @@ def test_training_bar_counts_the_planned_episodes_to_100_percent(tmp_path: Path)
 
 
 @slow
-def test_evaluation_bar_counts_images_times_methods(
+def test_evaluation_bar_counts_localized_images_times_methods(
     own_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The bar's total is true: the images evaluate localizes (those holding the class: one dog
+    among the first five trainval images) times the methods."""
     import evaluate.run
     from evaluate.tables import METHODS
 
@@ -713,4 +715,6 @@ def test_evaluation_bar_counts_images_times_methods(
     argv += ["--exhaustive-windows", "4", "--figures", "0", "--out", str(tmp_path / "res")]
     assert eval_main(argv) == 0
     (bar,) = bars
-    assert bar.total == 5 * len(METHODS) and bar.n == bar.total
+    data = open_split("animals", "trainval")
+    assert evaluate.run.located_images(data, "dog", range(5)) == [1]
+    assert bar.total == 1 * len(METHODS) and bar.n == bar.total
