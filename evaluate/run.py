@@ -360,8 +360,9 @@ def run(args: EvalArgs) -> dict:
     }
     caches: dict[str, dict] = {c: {} for c in classes}
     n_methods = len(METHODS) * len(seeds) + len(ENSEMBLE_METHODS) * bool(ensembles)
+    located = {c: len(located_images(data, c, indices)) for c in measured}
     bar = tqdm(
-        total=n_methods * sum(len(located_images(data, c, indices)) for c in measured),
+        total=n_methods * sum(located.values()),
         desc="evaluating",
         unit="image",
         disable=not args.progress,
@@ -375,7 +376,7 @@ def run(args: EvalArgs) -> dict:
         for cls in measured:
             log(
                 f"evaluating {cls}{f' seed {n}' if args.seeds > 1 else ''} on {len(indices)} {split} "
-                f"images, localizing the {len(located_images(data, cls, indices))} that hold one"
+                f"images, localizing the {located[cls]} that hold one"
             )
             res = evaluate_class(
                 args,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cutbg_env.geometry import FULL_CROP, crop_to_box
 from cutbg_env.metrics import average_precision, corloc, precision_recall, seed_summary
 
 METHODS = (
@@ -32,12 +33,12 @@ def score_boxes(res: dict[str, dict], data, cls: str, indices: list[int]) -> dic
     its detection is a false positive whatever the box) is given the whole image."""
     gt = {i: data.gt_boxes(i, cls) for i in indices}
     gt_pos = {i: g for i, g in gt.items() if g}
+    size = {i: (data.annotation(i).width, data.annotation(i).height) for i in indices}
+    whole = {i: crop_to_box(FULL_CROP, *size[i]) for i in indices}
     out = {}
     for m, r in res.items():
         boxes = r["boxes"]
-        dets = [
-            (i, float(r["scores"][i]), boxes[i] if i in boxes else _whole(data, i)) for i in indices
-        ]
+        dets = [(i, float(r["scores"][i]), boxes.get(i) or whole[i]) for i in indices]
         out[m] = {
             "ap": average_precision(dets, gt),
             "ap07": average_precision(dets, gt, use_07_metric=True),
@@ -47,12 +48,6 @@ def score_boxes(res: dict[str, dict], data, cls: str, indices: list[int]) -> dic
             "pr": precision_recall(dets, gt),
         }
     return out
-
-
-def _whole(data, index: int) -> tuple[int, int, int, int]:
-    """The whole image as a VOC box."""
-    ann = data.annotation(index)
-    return (1, 1, ann.width, ann.height)
 
 
 def seed_rows(
