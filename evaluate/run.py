@@ -288,8 +288,7 @@ def evaluate_class(
     agent_free("exhaustive", len(windows), lambda: localized(exhaustive(world, indices, windows)))
     agent_free("greedy_cut", delta, lambda: localized(greedy_cut(world, indices, delta)))
     if figdir is not None:
-        positives = [i for i in indices if data.gt_boxes(i, cls)]
-        for i in positives[: args.figures]:
+        for i in indices[: args.figures]:  # the localized images: each holds the class
             refined = res["agent_refined"]["boxes"][i]
             write_figure(world, i, trails[i], crops[i], refined, layer, figdir)
     return res
