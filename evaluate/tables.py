@@ -88,7 +88,8 @@ def over_seeds(
 ) -> dict[str, dict]:
     """Per method, the seed-0 row plus ``over_seeds``: :func:`~cutbg_env.metrics.seed_summary`
     of mAP and mean CorLoc over the seeds that have the row (seeds × classes, stratified by
-    class), and the per-seed values."""
+    class), the per-seed values, and each class's AP and CorLoc averaged over the seeds
+    (``per_class_ap``, ``per_class_corloc``; ``classes`` are the measured ones)."""
     out = {}
     for m in methods:
         rows = [r[m] for r in per_seed if m in r]
@@ -101,8 +102,15 @@ def over_seeds(
             "per_seed_map": [r["map"] for r in rows],
             "per_seed_corloc": [r["mean_corloc"] for r in rows],
             "calls_per_image": float(np.mean([r["calls_per_image"] for r in rows])),
+            "per_class_ap": _class_means(rows, "ap", classes),
+            "per_class_corloc": _class_means(rows, "corloc", classes),
         }
     return out
+
+
+def _class_means(rows: list[dict], key: str, classes: Sequence[str]) -> dict[str, float]:
+    """Each class's ``key`` (``ap`` or ``corloc``) averaged over the seeds' rows."""
+    return {c: float(np.mean([r[key][c] for r in rows])) for c in classes}
 
 
 def seeds_table(result: dict) -> list[str]:
@@ -125,6 +133,29 @@ def seeds_table(result: dict) -> list[str]:
             f"{c['ci_low']:.1f}–{c['ci_high']:.1f} | {o['calls_per_image']:.1f} | "
             + " / ".join(f"{v:.1f}" for v in o["per_seed_corloc"])
             + " |"
+        )
+    return lines + _class_table(result)
+
+
+def _class_table(result: dict) -> list[str]:
+    """With several classes: each class's CorLoc, mean over the seeds (method × class; a class
+    not measured is shown as :data:`NOT_MEASURED`)."""
+    classes = result["classes"]
+    if len(classes) < 2:
+        return []
+    lines = [
+        "",
+        f"CorLoc per class, mean over the {len(result['seeds']['seeds'])} seeds:",
+        "",
+        "| method | " + " | ".join(classes) + " | mean |",
+        "|---|" + "---:|" * (len(classes) + 1),
+    ]
+    for m in (m for m in METHODS + ENSEMBLE_METHODS if m in result):
+        o = result[m]["over_seeds"]
+        lines.append(
+            f"| {m} | "
+            + " | ".join(_cell(o["per_class_corloc"].get(c)) for c in classes)
+            + f" | {o['corloc']['mean']:.1f} |"
         )
     return lines
 

@@ -25,7 +25,7 @@ from cutbg_env.runs import check_classifier, trained_agent, trained_delta, train
 from cutbg_env.world import CutWorld
 from evaluate.__main__ import main as eval_main
 from evaluate.run import METHODS, EvalArgs, evaluate_class, run
-from evaluate.tables import ONE_SEED, score_boxes
+from evaluate.tables import ONE_SEED, markdown_table, over_seeds, score_boxes, seed_rows
 
 slow = pytest.mark.slow
 ROW_KEYS = {
@@ -454,6 +454,47 @@ def test_eval_localizes_only_the_images_holding_the_class(
     for m in deterministic:
         for key in ("ap", "ap07", "corloc"):
             assert scored[m][key] == reference[m][key], (m, key)
+
+
+def test_over_seeds_gives_each_class_its_mean_over_seeds() -> None:
+    """Two seeds of two classes (hand-made CorLoc and AP; ``cow`` not measured): each class's
+    mean over the seeds, and the table a person reads beside the seeds' rows."""
+
+    def cell(corloc: float, ap: float) -> dict[str, float]:
+        return {"ap": ap, "ap07": ap, "corloc": corloc, "calls": 10.0, "seconds": 0.1}
+
+    classes = ["dog", "cat", "cow"]
+    per_seed = [
+        seed_rows(
+            {"dog": {"agent": cell(60.0, 30.0)}, "cat": {"agent": cell(40.0, 10.0)}},
+            ["agent"],
+            classes,
+        ),
+        seed_rows(
+            {"dog": {"agent": cell(50.0, 20.0)}, "cat": {"agent": cell(30.0, 0.0)}},
+            ["agent"],
+            classes,
+        ),
+    ]
+    over = over_seeds(per_seed, ["agent"], ["dog", "cat"])["agent"]["over_seeds"]
+    assert over["per_seed_corloc"] == [50.0, 40.0]
+    assert over["per_class_corloc"] == {"dog": 55.0, "cat": 35.0}
+    assert over["per_class_ap"] == {"dog": 25.0, "cat": 5.0}
+    assert over["corloc"]["mean"] == pytest.approx(45.0)
+    result = {
+        "dataset": "animals",
+        "split": "test",
+        "images": 8,
+        "classes": classes,  # cow: no positive image, so not in the seeds' summaries
+        "seeds": {"seeds": [0, 1]},
+        "agent": {"over_seeds": over},
+    }
+    md = markdown_table(result)
+    assert "CorLoc per class, mean over the 2 seeds:" in md
+    assert "| method | dog | cat | cow | mean |" in md
+    assert "| agent | 55.0 | 35.0 | – | 45.0 |" in md
+    one_class = markdown_table(result | {"classes": ["dog"]})
+    assert "CorLoc per class" not in one_class
 
 
 @slow
