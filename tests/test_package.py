@@ -152,7 +152,7 @@ def test_shipped_classifier_and_calibration() -> None:
     for c, hits in calib["refinement_hits"].items():  # the chosen setting's hits: its CorLoc
         val, chosen = calib["validation"][c], calibrated_setting(calib, c)
         assert hits[setting_key(chosen)] == round(val["refined_corloc"] * val["images"] / 100)
-    assert dataset_setting(calib) == ("mid", "mass", 0.4)  # what evaluation uses on this set
+    assert dataset_setting(calib) == ("mid", "mass", 0.3)  # what evaluation uses on this set
     digest = hashlib.sha256(shipped.classifier_path().read_bytes()).hexdigest()
     assert calib["provenance"]["classifier_sha256"] == digest
     assert "python -m train calibrate --dataset animals" in calib["provenance"]["commands"]
@@ -181,7 +181,7 @@ def test_the_env_falls_back_on_the_shipped_classifier(tiny_as_animals: Path) -> 
         env = gym.make("CutBackground-v0")
         cat = gym.make("CutBackground-v0", class_name="cat")
     assert env.unwrapped.world.shipped and env.unwrapped.delta == 0.2
-    assert cat.unwrapped.delta == shipped.calibration()["delta"]["cat"] == 0.02
+    assert cat.unwrapped.delta == shipped.calibration()["delta"]["cat"] == 0.2
     env.reset(seed=0)
     assert env.step(int(cutbg_env.Action.STOP))[2]
     # a calibration file of the runs folder wins over the shipped one
@@ -189,7 +189,7 @@ def test_the_env_falls_back_on_the_shipped_classifier(tiny_as_animals: Path) -> 
     calib.parent.mkdir(parents=True)
     calib.write_text(json.dumps({"delta": {"dog": 0.37}}))
     assert gym.make("CutBackground-v0", world=world).unwrapped.delta == 0.37
-    assert resolve_delta("animals", "cat", None, shipped.classifier_path()) == 0.02
+    assert resolve_delta("animals", "horse", None, shipped.classifier_path()) == 0.02
     # ... unless it was calibrated with another classifier (a retrained, since deleted one)
     calib.write_text(json.dumps({"delta": {"dog": 0.37}, "classifier": {"dog": "0" * 64}}))
     with pytest.warns(UserWarning, match=r"dog calibrated with another classifier than"):

@@ -82,11 +82,21 @@ def dead_pid() -> int:
         (EvalArgs, {"max_images": 0}, "--max-images 0: must be an integer ≥ 1"),
         (EvalArgs, {"classes": "dog,"}, "--classes 'dog,': must be comma-separated names (a,b,c)"),
         (CalibrateArgs, {"fraction": 0.5}, "--fraction 0.5: must be a finite number in (0, 0.05]"),
-        (CalibrateArgs, {"quantile": 2.0}, "--quantile 2.0: must be a finite number in [0, 1]"),
         (
             CalibrateArgs,
-            {"min_delta": 0.3, "max_delta": 0.2},
-            "--max-delta 0.2: must be a finite number in [0.3, 1]",
+            {"drop_split": 2.0},
+            "--drop-split 2.0: must be a finite number in [-1, 1]",
+        ),
+        (
+            CalibrateArgs,
+            {"context_delta": 0.0},
+            "--context-delta 0.0: must be a finite number in (0, 1]",
+        ),
+        (
+            CalibrateArgs,
+            {"min_delta": 0.3},
+            "--min-delta 0.3: no δ of the grid (0.02, 0.05, 0.1, 0.2, 0.3, 0.5) lies in "
+            "[0.3, --context-delta 0.2); lower --min-delta",
         ),
         (ClassifierArgs, {"minutes": 0.0}, "--minutes 0.0: must be a finite number > 0"),
         (ClassifierArgs, {"lr": -1.0}, "--lr -1.0: must be a finite number > 0"),

@@ -30,7 +30,7 @@ from cutbg_env.refine import (
 )
 from train.__main__ import main as train_main
 from train.agent import AgentArgs, fit_agent, make_vec_env
-from train.calibrate import DELTAS, CalibrateArgs, calibrate, delta_from_drops
+from train.calibrate import CalibrateArgs, calibrate, needs_context, small_deltas
 from train.schedules import EpochClock, EpsilonSchedule, LrSchedule, last_checkpoint
 
 slow = pytest.mark.slow
@@ -268,15 +268,16 @@ def test_resume_without_checkpoint_says_so(tiny_pipeline: dict, tmp_path: Path) 
 
 # -- calibration pieces ------------------------------------------------------------------------
 def test_calibration_rule_on_hand_made_drops() -> None:
-    drops = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
-    # numpy's linear quantile: position 0.8 * 4 = 3.2 -> 0.3 + 0.2 * 0.1 = 0.32
-    assert delta_from_drops(drops, 0.8, 0.02, 0.5) == pytest.approx(0.32)
-    assert delta_from_drops(drops, 0.5, 0.02, 0.5) == pytest.approx(0.2)
-    assert delta_from_drops(drops, 1.0, 0.02, 0.25) == 0.25  # clipped high
-    assert delta_from_drops(np.array([-0.3, -0.2]), 0.8, 0.02, 0.5) == 0.02  # clipped low
-    assert delta_from_drops(np.array([]), 0.8, 0.05, 0.5) == 0.05
-    assert delta_from_drops([0.125], 0.8, 0.0, 1.0) == 0.125  # one drop: itself, any quantile
-    assert isinstance(delta_from_drops(drops, 0.8, 0.02, 0.5), float)
+    # the context test: the median drop at the GT crops reaches the split
+    assert needs_context(np.array([0.0, 0.1, 0.2, 0.3, 0.4]), 0.15)  # median 0.2
+    assert needs_context([0.1, 0.2], 0.15)  # median 0.15: reaches it
+    assert not needs_context([0.1, 0.19], 0.15)  # median 0.145
+    assert not needs_context(np.array([-0.3, 0.9, -0.2]), 0.15)  # one large drop: median -0.2
+    assert not needs_context(np.array([]), -1.0)  # no GT crop: no evidence
+    # the other classes' grid: from min_delta up to, not including, the context δ
+    assert small_deltas(0.02, 0.2) == [0.02, 0.05, 0.1]
+    assert small_deltas(0.05, 0.3) == [0.05, 0.1, 0.2]
+    assert small_deltas(0.03, 0.05) == []
 
 
 def test_best_setting_prefers_score_then_smaller_delta_then_lower_threshold() -> None:
@@ -367,8 +368,8 @@ def test_setting_keys_round_trip_and_name_bad_keys() -> None:
 
 @slow
 def test_pipeline_calibration_follows_its_rule(tiny_pipeline: dict) -> None:
-    """dog's δ is a candidate (the fixed grid or the quantile rule's value), and no candidate
-    δ gives a better refined CorLoc than the chosen one (a smaller one: not even as good)."""
+    """dog's δ follows the context test: 0.2 where its median GT-crop drop reaches 0.15, else
+    the grid's δ below 0.2 whose refined CorLoc no other beats (a smaller one: not even ties)."""
     from cutbg_env.localize import greedy_cut
     from cutbg_env.world import CutWorld
 
@@ -378,8 +379,9 @@ def test_pipeline_calibration_follows_its_rule(tiny_pipeline: dict) -> None:
     assert calib == tiny_pipeline["calibration"]
     val = calib["validation"]["dog"]
     assert val["images"] == 1  # image 18, with one dog box
-    quantile = float(np.clip(val["gt_drop_median"], 0.02, 0.5))  # one drop: its own quantile
-    candidates = sorted({*DELTAS, quantile})
+    context = val["gt_drop_median"] >= 0.15
+    assert val["needs_context"] is context
+    candidates = [0.2] if context else [0.02, 0.05, 0.1]
     delta = calib["delta"]["dog"]
     assert delta in candidates
     world = CutWorld("animals", "trainval", "dog")
@@ -418,8 +420,8 @@ def test_calibrate_writes_the_asked_classes_and_keeps_the_others(own_runs: Path)
     stored["delta"]["cat"] = 0.42  # a class calibrated before, not asked for now
     stored["heatmap_threshold"]["cat"] = 0.7
     path.write_text(json.dumps(stored))
-    # a one-value range: the quantile rule and the fixed grid both give exactly 0.07
-    result = calibrate(CalibrateArgs(classes="zebra", min_delta=0.07, max_delta=0.07))
+    # every median drop is ≥ -1: each class takes the context δ
+    result = calibrate(CalibrateArgs(classes="zebra", drop_split=-1.0, context_delta=0.07))
     saved = json.loads(path.read_text())
     assert saved == result
     assert saved["delta"] == {"dog": stored["delta"]["dog"], "cat": 0.42, "zebra": 0.07}
@@ -436,10 +438,11 @@ def test_calibrate_writes_the_asked_classes_and_keeps_the_others(own_runs: Path)
     assert len(zebra) == 36  # the chosen setting's hits are its validation CorLoc
     key = setting_key(calibrated_setting(saved, "zebra"))  # present: checked above
     assert zebra[key] == round(val["refined_corloc"] * val["images"] / 100)
-    assert saved["rule"]["delta"].endswith("within [0.07, 0.07]")
+    assert saved["validation"]["zebra"]["needs_context"] is True
+    assert saved["rule"]["delta"].startswith("0.07 where the median score drop at the GT crops")
     assert saved["rule"]["subset"] == "5% of trainval, seed 0"
     # a class without a validation image keeps its stored values (here: none)
-    again = calibrate(CalibrateArgs(classes="cat,zebra", min_delta=0.3, max_delta=0.3))
+    again = calibrate(CalibrateArgs(classes="cat,zebra", drop_split=-1.0, context_delta=0.3))
     assert again["delta"] == {"dog": stored["delta"]["dog"], "cat": 0.42, "zebra": 0.3}
 
 
