@@ -20,7 +20,7 @@ Rule (per class), for δ and the refinement's heat-map layer, region rule and th
 
 Why not the refined hits for every δ: on 15–23 images they tie or point the wrong way between
 a small δ and 0.2, while the median drop sorted every class whose agents were trained at both
-(docs/experiments.md, 2026-12-06/07).
+(docs/experiments.md, 2026-12-06).
 """
 
 from __future__ import annotations
