@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from evaluate.tracking import beside_crop, half_crops, main, object_crop, track_class
 
@@ -52,6 +53,10 @@ def test_track_class_on_the_tiny_pipeline(tiny_pipeline: dict) -> None:
     assert r["bg_drop"] == pytest.approx(drop.mean())
     assert r["bg_valid"] == pytest.approx((drop <= 0.1).mean())
     assert 0 <= r["half_invalid"] <= 1 and -1 <= r["half_drop"] <= 1
+    model = world.model
+    with torch.inference_mode():  # the all-zero map scored directly by the network
+        logit = model.head(model.upper(torch.zeros_like(mids[:1])))[0, world.class_idx]
+    assert r["empty_score"] == pytest.approx(float(torch.sigmoid(logit)), abs=1e-6)
     greedy = greedy_cut(world, world.positives, 0.1)
     assert r["greedy_cut_area"] == pytest.approx(
         np.mean([(c.crop[2] - c.crop[0]) * (c.crop[3] - c.crop[1]) for c in greedy]) / 784

@@ -133,6 +133,35 @@ def test_recipe_bad_budget_is_one_line(
     assert err.startswith(message) and "Traceback" not in err and err.count("\n") == 1
 
 
+def test_empty_negatives_append_all_zero_maps_with_negative_targets() -> None:
+    import torch
+
+    from train.classifier import _add_empty
+
+    mid = torch.arange(2 * 1 * 2 * 2, dtype=torch.float32).reshape(2, 1, 2, 2) + 1
+    y = torch.tensor([[0.95, 0.05, 0.05], [0.05, 0.5, 0.95]])
+    w = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    m2, y2, w2 = _add_empty(mid, y, w, 2, 0.05)
+    assert m2.shape == (4, 1, 2, 2) and torch.equal(m2[:2], mid)
+    assert torch.equal(m2[2:], torch.zeros(2, 1, 2, 2))
+    assert torch.equal(y2[:2], y) and torch.equal(y2[2:], torch.full((2, 3), 0.05))
+    assert torch.equal(w2[:2], w) and torch.equal(w2[2:], torch.ones(2, 3))
+    same = _add_empty(mid, y, w, 0, 0.05)
+    assert all(a is b for a, b in zip(same, (mid, y, w), strict=True))
+
+
+def test_empty_negatives_flag_is_checked_and_recorded() -> None:
+    from train.classifier import ClassifierArgs, command_line
+
+    for bad in (-1, 1.5):
+        message = f"--empty-negatives {bad}: must be an integer ≥ 0"
+        with pytest.raises(OptionError, match=f"^{re.escape(message)}$"):
+            ClassifierArgs(empty_negatives=bad)  # type: ignore[arg-type]
+    assert command_line(ClassifierArgs(empty_negatives=4)) == (
+        "python -m train classifier --empty-negatives 4"
+    )
+
+
 @slow
 def test_recipe_stages_run_and_the_record_is_written_atomically(
     tiny_animals: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -71,8 +71,10 @@ class ClassifierArgs(StageArgs):
     """AdamW weight decay."""
     label_smoothing: float = 0.1
     """Targets become 1-ε/2 and ε/2: keeps logits off the sigmoid's flat ends."""
-    crop_augment: float = 0.0
-    """Probability of zeroing a random outer margin of the mid-level map while training."""
+    empty_negatives: int = 0
+    """All-zero mid-level maps added to every batch with every class's target negative: a crop
+    that keeps no cell holds no object, so the zero padding of the env's crops carries no class
+    evidence (on the shipped classifier an empty map scores 0.26 horse and 0.47 bear)."""
     cutmix: float = 0.0
     """Probability of CutMix on the mid-level map in the first stage: a random box of another
     image is pasted in and the targets mix by area, so a partial object earns a partial score."""
@@ -106,7 +108,7 @@ class ClassifierArgs(StageArgs):
         checks.positive("--lr", self.lr)
         checks.real("--weight-decay", self.weight_decay, 0.0)
         checks.real("--label-smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
-        checks.real("--crop-augment", self.crop_augment, 0.0, 1.0)
+        checks.integer("--empty-negatives", self.empty_negatives, 0)
         checks.real("--cutmix", self.cutmix, 0.0, 1.0)
         checks.integer("--seed", self.seed, 0)
         checks.integer("--threads", self.threads, 0)
@@ -182,15 +184,18 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.roll(x, shifts=(shift[0], shift[1]), dims=(2, 3))
 
 
-def _crop_mask(n: int, grid: int, p: float, gen: torch.Generator) -> torch.Tensor:
-    """``(n, 1, grid, grid)`` masks: with probability ``p`` zero a random margin of ≤ 1/4 a side."""
-    from cutbg_env.geometry import crop_masks
-
-    m = torch.randint(0, grid // 4 + 1, (n, 4), generator=gen)
-    crops = torch.stack([m[:, 0], m[:, 1], grid - m[:, 2], grid - m[:, 3]], 1)
-    keep = torch.rand(n, generator=gen) >= p
-    crops[keep] = torch.tensor([0, 0, grid, grid])
-    return crop_masks(crops, grid).float()
+def _add_empty(
+    mid: torch.Tensor, y: torch.Tensor, w: torch.Tensor, k: int, negative: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Append ``k`` all-zero maps to a batch of mid-level maps ``(N, C, G, G)``, each with every
+    class's target ``negative`` and weight 1 (targets ``y`` and weights ``w`` are ``(N, K)``)."""
+    if k == 0:
+        return mid, y, w
+    return (
+        torch.cat([mid, mid.new_zeros((k, *mid.shape[1:]))]),
+        torch.cat([y, y.new_full((k, y.shape[1]), negative)]),
+        torch.cat([w, w.new_ones((k, w.shape[1]))]),
+    )
 
 
 def _cutmix(
@@ -306,10 +311,9 @@ def _fit(
             y = labels[idx].to(args.device) * (1 - eps) + eps / 2
             w = mask[idx].to(args.device)
             mid = model.lower(x)
-            if args.crop_augment > 0:
-                mid = mid * _crop_mask(len(idx), mid.shape[-1], args.crop_augment, gen).to(mid)
             if stage.cutmix > 0 and torch.rand(1, generator=gen).item() < stage.cutmix:
                 mid, y, w = _cutmix(mid, y, w, gen)
+            mid, y, w = _add_empty(mid, y, w, args.empty_negatives, eps / 2)
             logits = model.head(model.upper(mid))
             loss = (
                 F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w
