@@ -3,8 +3,9 @@
 The heat-map is the sum over channels of a feature map (:func:`channel_sum`, :func:`heatmaps`:
 the mid-level map or the senior features of the agent's zero-padded crop). It is min–max
 normalised, binarised at a fraction of its peak, and the rectangle around one connected region
-(:func:`heatmap_box`: the region holding the peak, or the one with the largest summed response)
-is intersected with the agent's box (:func:`refine`). All boxes are VOC boxes
+(:func:`heatmap_box`: the region holding the peak, or the one with the largest summed response;
+:func:`refined_box` adds the class-aware ``"drop"`` rule, which asks the classifier which of the
+largest regions the score needs) is intersected with the agent's box (:func:`refine`). All boxes are VOC boxes
 ``(xmin, ymin, xmax, ymax)``, 1-based inclusive (:mod:`cutbg_env.geometry`).
 
 A *setting* is the heat-map ``(layer, region, threshold)``. It is chosen on the small validation
@@ -13,6 +14,8 @@ CorLoc of every setting, :func:`best_setting` picks one, and after training each
 its validation hit table to ``refinement.json`` in its run folder (:func:`write_refinement`).
 Evaluation uses one setting for the whole dataset (:func:`evaluation_settings`): the calibration
 stores every class's hit table on greedy-cut boxes, and :func:`dataset_setting` pools them.
+The two halves share one module (~470 lines) because choosing a setting is running every
+setting's refinement.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from cutbg_env.errors import CheckpointError, CutbgError
-from cutbg_env.geometry import Box, Crop, crop_masks, crop_to_box, intersection, scale_box
+from cutbg_env.geometry import GRID, Box, Crop, crop_masks, crop_to_box, intersection, scale_box
 from cutbg_env.io import write_json
 from cutbg_env.metrics import corloc_hit
 
@@ -100,10 +103,15 @@ def heatmaps(world: CutWorld, index: int, crops: np.ndarray, layer: str = "mid")
     return channel_sum(feats) * small[:, 0].cpu().double().numpy()
 
 
-HEATMAP_REGIONS = ("peak", "mass")
+HEATMAP_REGIONS = ("peak", "mass", "drop")
 """Which connected region of the binarised heat-map is boxed: ``"peak"``, the one holding the
-maximum (the paper's "maximal response region"), or ``"mass"``, the one with the largest sum of
-normalised response (a large object beats a small, brighter fragment of clutter)."""
+maximum (the paper's "maximal response region"); ``"mass"``, the one with the largest sum of
+normalised response (a large object beats a small, brighter fragment of clutter); ``"drop"``,
+of the :data:`DROP_CANDIDATES` regions of largest mass, the one whose rectangle, zeroed in the
+crop, lowers the class score most (:func:`refined_box`: the heat-map is blind to the class, the
+classifier is not; one classifier call per candidate)."""
+DROP_CANDIDATES = 3
+"""How many regions (the largest by mass) the ``"drop"`` rule scores by occlusion."""
 
 
 def _full_box(width: int, height: int) -> Box:
@@ -134,7 +142,8 @@ def heatmap_box(
             cells themselves, then scale the cell rectangle.
         region: ``"peak"`` (default): the region holding the peak (the first maximal cell in
             row-major order if several tie); ``"mass"``: the region with the largest sum of ``n``
-            (ties: the region whose first cell comes first in row-major order).
+            (ties: the region whose first cell comes first in row-major order); ``"drop"``
+            needs the classifier (:func:`refined_box`): here, without it, the ``"mass"`` region.
 
     Returns:
         A VOC box. With ``image_size=None``: in the map's own cell coordinates, cell
@@ -172,22 +181,37 @@ def heatmap_box(
         image_size = None  # the map is now in image pixels
 
     rows, cols = hmap.shape
-    lo, hi = float(hmap.min()), float(hmap.max())
-    if hi == lo:
-        box = _full_box(cols, rows)
-    else:
-        norm = (hmap - lo) / (hi - lo)
-        mask = (norm >= threshold).astype(np.uint8)
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        if region == "peak":
-            label = labels[np.unravel_index(int(np.argmax(hmap)), hmap.shape)]  # first max
-        else:  # labels are numbered in row-major order of first cell; 0 is the background
-            label = 1 + int(np.argmax(np.bincount(labels.ravel(), weights=norm.ravel())[1:]))
-        left, top, w, h = (int(v) for v in stats[label, :4])
-        box = (left + 1, top + 1, left + w, top + h)
+    if region == "peak":
+        box = _regions(hmap, threshold, 1, peak=True)[0]
+    else:  # "drop" without a classifier: its first candidate, the "mass" region
+        box = _regions(hmap, threshold, 1)[0]
     if image_size is None:
         return box
     return scale_box(box, width / cols, height / rows, width, height)
+
+
+def _regions(hmap: np.ndarray, threshold: float, k: int, peak: bool = False) -> list[Box]:
+    """Rectangles (1-based cell boxes) around the ``k`` connected regions of largest summed
+    normalised response of the binarised map, largest first (ties: the region whose first cell
+    comes first in row-major order); ``peak``: only the region holding the first maximum. A
+    constant map gives the whole map."""
+    rows, cols = hmap.shape
+    lo, hi = float(hmap.min()), float(hmap.max())
+    if hi == lo:
+        return [_full_box(cols, rows)]
+    norm = (hmap - lo) / (hi - lo)
+    mask = (norm >= threshold).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if peak:
+        chosen = [int(labels[np.unravel_index(int(np.argmax(hmap)), hmap.shape)])]
+    else:  # labels are numbered in row-major order of first cell; 0 is the background
+        mass = np.bincount(labels.ravel(), weights=norm.ravel())[1:]
+        chosen = [1 + int(j) for j in np.argsort(-mass, kind="stable")[:k]]
+    boxes = []
+    for label in chosen:
+        left, top, w, h = (int(v) for v in stats[label, :4])
+        boxes.append((left + 1, top + 1, left + w, top + h))
+    return boxes
 
 
 def refine(agent_box: Sequence[int], heat_box: Sequence[int]) -> Box:
@@ -205,6 +229,47 @@ def refine(agent_box: Sequence[int], heat_box: Sequence[int]) -> Box:
 
 Setting = tuple[str, str, float]
 """A refinement setting: heat-map ``(layer, region, threshold)``."""
+
+
+def refined_box(
+    world: CutWorld,
+    index: int,
+    crop: Crop,
+    setting: Setting,
+    image_size: tuple[int, int],
+    heatmap: np.ndarray | None = None,
+) -> tuple[Box, int]:
+    """The refined box of one image's grid crop under a setting, and the classifier calls it cost.
+
+    ``"peak"`` and ``"mass"``: :func:`refine` of the crop's box and :func:`heatmap_box` (no call).
+    ``"drop"``: the :data:`DROP_CANDIDATES` regions of largest mass are candidates; each one's
+    rectangle is zeroed in the crop's mid-level map and the crop scored again
+    (:meth:`~cutbg_env.world.CutWorld.score_masks`); the candidate whose removal leaves the
+    lowest class score (the largest drop: the crop's own score is the same for all) is the
+    object's. One call per candidate, none when there is only one. ``heatmap``: the crop's
+    heat-map of ``setting``'s layer when already computed (:func:`heatmaps`).
+    """
+    layer, region, threshold = setting
+    width, height = image_size
+    box = crop_to_box(crop, width, height)
+    hmap = heatmaps(world, index, np.asarray([crop]), layer)[0] if heatmap is None else heatmap
+    if region != "drop":
+        return refine(box, heatmap_box(hmap, threshold, image_size, region=region)), 0
+    candidates = _regions(_to_numpy(hmap), threshold, DROP_CANDIDATES)
+    rows, cols = hmap.shape
+    best = 0
+    if len(candidates) > 1:
+        cell = GRID // rows  # grid cells per heat-map cell: 1 (mid) or 4 (senior)
+        keep = np.zeros((len(candidates), GRID, GRID), np.float32)
+        x0, y0, x1, y1 = crop
+        keep[:, y0:y1, x0:x1] = 1.0
+        for k, (left, top, right, bottom) in enumerate(candidates):
+            keep[k, (top - 1) * cell : bottom * cell, (left - 1) * cell : right * cell] = 0.0
+        best = int(np.argmin(world.score_masks(index, keep)))  # first of equal scores
+    heat = scale_box(candidates[best], width / cols, height / rows, width, height)
+    return refine(box, heat), len(candidates) if len(candidates) > 1 else 0
+
+
 DEFAULT_SETTING: Setting = ("mid", "peak", 0.5)
 """The setting used when neither an agent nor the calibration chose one."""
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.1, 0.95, 0.1), 2))
@@ -280,25 +345,24 @@ def refinement_scores(
     world: CutWorld, crops: Mapping[int, Crop], truth: Mapping[int, Sequence[Box]]
 ) -> dict[Setting, float]:
     """Refined CorLoc (a fraction) of the boxes of ``crops`` (image index → grid crop) for every
-    setting: each heat-map layer, region rule and threshold in :data:`THRESHOLDS`.
+    setting: each heat-map layer, region rule and threshold in :data:`THRESHOLDS`
+    (:func:`refined_box`; the ``"drop"`` settings cost up to :data:`DROP_CANDIDATES` classifier
+    calls an image each).
 
     ``truth`` maps each image index to its ground-truth boxes of the class."""
     data = world.data
     size = {i: (data.annotation(i).width, data.annotation(i).height) for i in crops}
-    boxes = {i: crop_to_box(c, *size[i]) for i, c in crops.items()}
     scores: dict[Setting, float] = {}
     for layer in HEATMAP_LAYERS:
         maps = {i: heatmaps(world, i, np.asarray([c]), layer)[0] for i, c in crops.items()}
         for region in HEATMAP_REGIONS:
             for t in THRESHOLDS:
+                setting = (layer, region, t)
                 hits = [
-                    corloc_hit(
-                        refine(boxes[i], heatmap_box(maps[i], t, size[i], region=region)),
-                        truth[i],
-                    )
-                    for i in crops
+                    corloc_hit(refined_box(world, i, c, setting, size[i], maps[i])[0], truth[i])
+                    for i, c in crops.items()
                 ]
-                scores[(layer, region, t)] = float(np.mean(hits))
+                scores[setting] = float(np.mean(hits))
     return scores
 
 

@@ -218,6 +218,18 @@ class CutWorld:
         scores = 1.0 / (1.0 + np.exp(-logits.cpu().numpy().astype(np.float64)))
         return features, scores
 
+    def score_masks(self, index: int, masks: np.ndarray) -> np.ndarray:
+        """Class scores of one image's mid-level map multiplied by each of ``masks``
+        (``(N, 28, 28)``, 1 keeps a cell, 0 zeroes it): the occlusion scores of the ``"drop"``
+        refinement (:func:`cutbg_env.refine.refined_box`). One batched forward, uncached.
+        Returns ``(N,)`` float64 ``p(c|masked map)``."""
+        mid = self.mid_maps([index])
+        keep = torch.as_tensor(np.asarray(masks), device=mid.device).to(mid.dtype)
+        with torch.inference_mode(), self.autocast():
+            logits = self.model.head(self.model.upper((mid * keep[:, None]).to(self.param_dtype)))
+        logits = logits[:, self.class_idx].float().cpu().numpy().astype(np.float64)
+        return 1.0 / (1.0 + np.exp(-logits))
+
     @property
     def shipped(self) -> bool:
         """Whether the world runs the classifier shipped with the package (whose calibration the

@@ -4,10 +4,12 @@ Methods (same classifier, same images: the test images that hold the class, diff
 included; on the others every method's detection is the whole image at ``p̄``, see below):
 
 * ``full_image``: the whole image as the box (1 call).
-* ``heatmap``: the refinement rectangle of the whole image's heat-map alone, no agent.
+* ``heatmap``: the refinement rectangle of the whole image's heat-map alone, no agent (1 call,
+  plus the ``"drop"`` rule's occlusion calls when the setting has it).
 * ``random_agent``: uniform random actions with the env's stop rules and step budget.
 * ``agent``: greedy rollout of the class's DQN agent.
-* ``agent_refined``: the agent's box intersected with the heat-map rectangle of its crop (§2.3).
+* ``agent_refined``: the agent's box intersected with the heat-map rectangle of its crop (§2.3;
+  :func:`~cutbg_env.refine.refined_box`, whose classifier calls the refined rows count).
 * ``agent_retry`` / ``agent_retry_refined``: the same agent where a cut past δ, instead of
   ending the episode (the paper's rule), is undone (the env's ``undo_drop``: the refused cut
   enters the action history) and the agent takes its best action not refused there
@@ -66,10 +68,8 @@ from cutbg_env.refine import (
     REFINEMENT_FILE,
     Setting,
     evaluation_settings,
-    heatmap_box,
-    heatmaps,
     read_refinement,
-    refine,
+    refined_box,
     setting_key,
 )
 from cutbg_env.rollout import (
@@ -210,7 +210,7 @@ def evaluate_class(
     cache = {} if cache is None else cache
     data = world.data
     delta = trained_delta(agent)
-    layer, region, thr = setting
+    layer = setting[0]
     model = load_agent(agent, args.device)
     _, p_full = world.full(indices)
     score = dict(zip(indices, p_full, strict=True))
@@ -221,9 +221,10 @@ def evaluate_class(
     def box(i: int, crop: tuple) -> tuple:
         return crop_to_box(crop, *sizes[i])
 
-    def heat(i: int, crop: tuple) -> tuple:
-        hmap = heatmaps(world, i, np.asarray([crop]), layer)[0]
-        return heatmap_box(hmap, thr, sizes[i], region=region)
+    def refined(crops: dict[int, tuple]) -> tuple[dict, float]:
+        """The refined box of each image's crop, and the mean classifier calls refining cost."""
+        out = {i: refined_box(world, i, c, setting, sizes[i]) for i, c in crops.items()}
+        return {i: b for i, (b, _) in out.items()}, float(np.mean([n for _, n in out.values()]))
 
     res: dict[str, dict] = {}
 
@@ -250,16 +251,21 @@ def evaluate_class(
         return boxes, float(np.mean([loc.calls for loc in locs]))
 
     agent_free("full_image", None, lambda: ({i: box(i, FULL_CROP) for i in indices}, 1.0))
-    agent_free("heatmap", setting, lambda: ({i: heat(i, FULL_CROP) for i in indices}, 1.0))
+
+    def heatmap_row() -> tuple[dict, float]:
+        boxes, calls = refined(dict.fromkeys(indices, FULL_CROP))
+        return boxes, 1.0 + calls
+
+    agent_free("heatmap", setting, heatmap_row)
 
     def run_policy(
         name: str,
         policy: Policy | MaskedPolicy,
         options: dict[str, bool],
-        refined: bool = True,
+        refine: bool = True,
         retry: bool = False,
     ) -> tuple[dict[int, tuple], dict[int, list]]:
-        """Record ``name`` (and ``<name>_refined`` when ``refined``); return the final grid
+        """Record ``name`` (and ``<name>_refined`` when ``refine``); return the final grid
         crops and the trails of crops, per image. ``retry``: the rollout's retry rule, within
         :data:`~cutbg_env.rollout.RETRY_STEPS` attempts."""
         t = time.perf_counter()
@@ -270,10 +276,10 @@ def evaluate_class(
         calls = float(np.mean([loc.calls for loc, _ in out]))
         record(name, {i: box(i, crops[i]) for i in indices}, calls, secs)
         done()
-        if refined:
+        if refine:
             t = time.perf_counter()
-            boxes = {i: refine(res[name]["boxes"][i], heat(i, crops[i])) for i in indices}
-            record(f"{name}_refined", boxes, calls, secs + time.perf_counter() - t)
+            boxes, extra = refined(crops)
+            record(f"{name}_refined", boxes, calls + extra, secs + time.perf_counter() - t)
             done()
         return crops, {i: trail for i, (_, trail) in zip(indices, out, strict=True)}
 

@@ -15,11 +15,11 @@ from tiny import fake_q_model
 
 from cutbg_env.data import open_split
 from cutbg_env.errors import CheckpointError, OptionError
-from cutbg_env.geometry import FULL_CROP, crop_to_box
+from cutbg_env.geometry import FULL_CROP, box_to_crop, crop_to_box
 from cutbg_env.io import file_sha256
 from cutbg_env.localize import greedy_cut
 from cutbg_env.metrics import average_precision, corloc
-from cutbg_env.refine import dataset_setting, setting_key
+from cutbg_env.refine import dataset_setting, refined_box, setting_key
 from cutbg_env.rollout import ensemble_options, ensemble_policy, observation_options
 from cutbg_env.runs import check_classifier, trained_agent, trained_delta, trained_seeds
 from cutbg_env.world import CutWorld
@@ -546,3 +546,22 @@ def test_eval_over_seeds(own_runs: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert md.startswith("# Localization on animals / trainval (8 images), 2 seeds\n")
     assert "| agent | 2 |" in md and "Heat-map and δ lines: seed 0's" in md
     assert json.loads((out / "eval.json").read_text())["seeds"] == result["seeds"]
+
+
+@slow
+def test_refined_rows_pay_the_drop_regions_calls(own_runs: Path) -> None:
+    """Under the ``drop`` region the refined rows and the heat-map row count its occlusion
+    calls: per image, :func:`refined_box`'s on top of the agent's calls (the heat-map's one)."""
+    agent = own_runs / "dog" / "agent.zip"
+    world = CutWorld("animals", "trainval", "dog")
+    setting, size = ("mid", "drop", 0.3), (224, 224)
+    args = EvalArgs(classes="dog", split="trainval", exhaustive_windows=4, figures=0)
+    res = evaluate_class(args, world, "dog", list(range(8)), None, setting, agent)
+    located = sorted(res["agent"]["boxes"])
+    crops = {i: box_to_crop(res["agent"]["boxes"][i], *size) for i in located}
+    refined = {i: refined_box(world, i, crops[i], setting, size) for i in located}
+    whole = [refined_box(world, i, FULL_CROP, setting, size)[1] for i in located]
+    assert res["agent_refined"]["boxes"] == {i: box for i, (box, _) in refined.items()}
+    extra = np.mean([n for _, n in refined.values()])
+    assert res["agent_refined"]["calls"] == pytest.approx(res["agent"]["calls"] + extra)
+    assert res["heatmap"]["calls"] == pytest.approx(1 + np.mean(whole)) and max(whole) > 0

@@ -16,12 +16,14 @@ from tiny import BlockWorld
 from cutbg_env.geometry import FULL_CROP, crop_to_box
 from cutbg_env.localize import Localization, exhaustive, exhaustive_windows, greedy_cut, score_cuts
 from cutbg_env.refine import (
+    DROP_CANDIDATES,
     HEATMAP_LAYERS,
     HEATMAP_REGIONS,
     THRESHOLDS,
     HeatmapError,
     best_setting,
     heatmaps,
+    refined_box,
     refinement_scores,
 )
 
@@ -205,6 +207,7 @@ def test_refinement_scores_on_the_hand_made_heatmaps(heat_world: BlockWorld) -> 
     * mid, peak: the brightest cell is channel 1's lone cell, away from the object: no hit;
     * mid, mass: up to threshold 0.5 the object (normalised 0.5 a cell, 64 cells) outweighs the
       lone cell (1.0); above it only the lone cell is left: no hit;
+    * mid, drop: the same (the object, the heavier region, is also the one the score needs);
     * senior: the object's four cells are the peak and the mass at every threshold: a hit.
     """
     truth = {4: [crop_to_box((8, 4, 16, 12), 112, 56)]}
@@ -217,10 +220,48 @@ def test_refinement_scores_on_the_hand_made_heatmaps(heat_world: BlockWorld) -> 
                 if layer == "senior":
                     expected[(layer, region, t)] = 1.0
                 else:
-                    expected[(layer, region, t)] = float(region == "mass" and t <= 0.5)
+                    expected[(layer, region, t)] = float(region != "peak" and t <= 0.5)
     assert scores == expected
     # the best: a hit, the lowest threshold, the mid-level layer
     assert best_setting({(0.0, *k): v for k, v in scores.items()}) == (0.0, "mid", "mass", 0.1)
     # with a truth far from the object every setting misses
     far = refinement_scores(heat_world, {4: FULL_CROP}, {4: [(100, 50, 112, 56)]})
     assert set(far.values()) == {0.0}
+
+
+def clutter_world(blocks: int) -> BlockWorld:
+    """Image 5: a 4×4 object (channel 0, value 1: normalised 0.5) at columns 2..5, rows 2..5,
+    and ``blocks`` 6×6 clutter blocks of value 2 (channel 1: normalised 1.0, 36 cells, each
+    heavier than the object) in rows 14..19, at columns 1, 9 and 17 onward."""
+    extra = torch.zeros((28, 28))
+    for k in range(blocks):
+        extra[14:20, 1 + 8 * k : 7 + 8 * k] = 2.0
+    return BlockWorld({5: (2, 2, 6, 6)}, extra={5: extra})
+
+
+def test_drop_region_is_the_one_the_score_needs() -> None:
+    """ "mass" boxes the clutter block (heavier); "drop" zeroes each candidate in turn, and
+    only removing the object lowers the score (kept share 0 against 1): the object's box, at
+    two classifier calls. The object is (2, 2, 6, 6) in cells: pixels 9..24 × 5..12."""
+    world = clutter_world(1)
+    size = (112, 56)
+    mass, calls = refined_box(world, 5, FULL_CROP, ("mid", "mass", 0.3), size)
+    assert (mass, calls) == (crop_to_box((1, 14, 7, 20), *size), 0)
+    before = world.scored
+    drop, calls = refined_box(world, 5, FULL_CROP, ("mid", "drop", 0.3), size)
+    assert (drop, calls) == ((9, 5, 24, 12), 2)
+    assert world.scored - before == 2
+    # inside a crop that cuts the clutter block off, one region is left: no call
+    assert refined_box(world, 5, (0, 0, 28, 12), ("mid", "drop", 0.3), size) == ((9, 5, 24, 12), 0)
+    # above the object's normalised 0.5 only the clutter is left
+    assert refined_box(world, 5, FULL_CROP, ("mid", "drop", 0.6), size) == (mass, 0)
+
+
+def test_drop_scores_only_the_heaviest_candidates() -> None:
+    """Three clutter blocks outweigh the object, which is then not among the DROP_CANDIDATES
+    (3) scored: every candidate keeps the whole object, the first (heaviest, then row-major:
+    the left block) is taken, at three calls."""
+    assert DROP_CANDIDATES == 3
+    world = clutter_world(3)
+    box, calls = refined_box(world, 5, FULL_CROP, ("mid", "drop", 0.3), (112, 56))
+    assert (box, calls) == (crop_to_box((1, 14, 7, 20), 112, 56), 3)

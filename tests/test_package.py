@@ -152,13 +152,13 @@ def test_shipped_classifier_and_calibration() -> None:
     for c, hits in calib["refinement_hits"].items():  # the chosen setting's hits: its CorLoc
         val, chosen = calib["validation"][c], calibrated_setting(calib, c)
         assert hits[setting_key(chosen)] == round(val["refined_corloc"] * val["images"] / 100)
-    assert dataset_setting(calib) == ("mid", "mass", 0.3)  # what evaluation uses on this set
+    assert dataset_setting(calib) == ("mid", "drop", 0.3)  # what evaluation uses on this set
     digest = hashlib.sha256(shipped.classifier_path().read_bytes()).hexdigest()
     assert calib["provenance"]["classifier_sha256"] == digest
     assert "python -m train calibrate --dataset animals" in calib["provenance"]["commands"]
     # the dog entry make demo reads (what python -m train calibrate --classes dog computes)
     assert (calib["delta"]["dog"], calib["heatmap_layer"]["dog"]) == (0.2, "mid")
-    assert (calib["heatmap_region"]["dog"], calib["heatmap_threshold"]["dog"]) == ("mass", 0.4)
+    assert (calib["heatmap_region"]["dog"], calib["heatmap_threshold"]["dog"]) == ("drop", 0.4)
     calib["delta"]["dog"] = -5.0  # a copy: the next caller sees the shipped values
     assert shipped.calibration()["delta"]["dog"] == 0.2
     assert shipped.is_shipped_classifier(shipped.classifier_path())

@@ -91,7 +91,9 @@ def test_mass_region_takes_the_largest_summed_response() -> None:
 
 
 def test_unknown_region_is_rejected() -> None:
-    with pytest.raises(HeatmapError, match=r"region must be one of \('peak', 'mass'\); got 'max'"):
+    with pytest.raises(
+        HeatmapError, match=r"region must be one of \('peak', 'mass', 'drop'\); got 'max'"
+    ):
         heatmap_box(MAP45, 0.5, region="max")
 
 

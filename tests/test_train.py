@@ -434,7 +434,7 @@ def test_pipeline_calibration_follows_its_rule(tiny_pipeline: dict) -> None:
     crops = {i: g.crop for i, g in zip(images, greedy_cut(world, images, delta), strict=True)}
     scores = refinement_scores(world, crops, truth)
     hits = {setting_key(k): round(v * len(images)) for k, v in scores.items()}
-    assert calib["refinement_hits"]["dog"] == hits and len(hits) == 36
+    assert calib["refinement_hits"]["dog"] == hits and len(hits) == 54
     assert hits[setting_key(setting)] == round(chosen * val["images"])
     assert dataset_setting(calib) == pooled_setting(calib["refinement_hits"].values())
     for d in candidates:
@@ -464,7 +464,7 @@ def test_calibrate_writes_the_asked_classes_and_keeps_the_others(own_runs: Path)
     assert saved["classifier"] == {"dog": digest, "zebra": digest}
     assert saved["refinement_hits"]["dog"] == stored["refinement_hits"]["dog"]
     zebra, val = saved["refinement_hits"]["zebra"], saved["validation"]["zebra"]
-    assert len(zebra) == 36  # the chosen setting's hits are its validation CorLoc
+    assert len(zebra) == 54  # the chosen setting's hits are its validation CorLoc
     key = setting_key(calibrated_setting(saved, "zebra"))  # present: checked above
     assert zebra[key] == round(val["refined_corloc"] * val["images"] / 100)
     assert saved["validation"]["zebra"]["needs_context"] is True
@@ -818,7 +818,7 @@ def test_agent_chooses_its_refinement(tiny_pipeline: dict) -> None:
     out = rollout(world, images, sb3_policy(model), delta, **observation_options(model))
     crops = {i: loc.crop for i, (loc, _) in zip(images, out, strict=True)}
     scores = refinement_scores(world, crops, validation_truth(world, images))
-    assert len(scores) == 36  # 2 layers × 2 regions × 9 thresholds
+    assert len(scores) == 54  # 2 layers × 3 regions × 9 thresholds
     n = own["validation"]["images"]
     assert n == len(images) == 1
     assert own["validation"]["hits"] == {setting_key(k): round(v * n) for k, v in scores.items()}

@@ -143,6 +143,15 @@ class BlockWorld:
                 scores[k] = kept / ((x1 - x0) * (y1 - y0) + float(obj.sum()) - kept)
         return np.zeros((len(crops), 1, 7, 7), np.float32), scores
 
+    def score_masks(self, index: int, masks) -> Any:
+        """The share of the object's cells (``score="kept"``) each ``(28, 28)`` mask keeps."""
+        import numpy as np
+
+        self.batches += 1
+        self.scored += len(masks)
+        obj = self.mid_maps([index])[0, 0].double().numpy()
+        return np.asarray([float((obj * m).sum()) / float(obj.sum()) for m in masks])
+
     def full(self, indices) -> tuple[list, list[float]]:
         from cutbg_env.geometry import FULL_CROP
 
