@@ -1050,3 +1050,20 @@ def test_observe_score_passes_the_checkers(env_id: str, env_kwargs: dict, world:
     assert json.loads(gym.make(env_id, observe_score=True, **env_kwargs).spec.to_json())["kwargs"][
         "observe_score"
     ]
+
+
+def test_score_masks_of_rectangles_are_the_crops_scores(world: CutWorld) -> None:
+    """A mask that keeps a rectangle scores as that crop does (the same zero padding); a hole
+    in it (the drop region's) changes the score."""
+    i = world.positives[0]
+    crops = [FULL_CROP, (3, 2, 20, 25), (0, 0, 9, 28)]
+    masks = np.zeros((4, 28, 28), np.float32)
+    for k, (x0, y0, x1, y1) in enumerate(crops):
+        masks[k, y0:y1, x0:x1] = 1.0
+    masks[3] = masks[1]
+    masks[3, 10:18, 8:14] = 0.0  # a hole in the second crop
+    scores = world.score_masks(i, masks)
+    _, expected = world.score_crops(world.mid_maps([i] * 3), np.asarray(crops))
+    assert scores.shape == (4,) and scores.dtype == np.float64
+    np.testing.assert_allclose(scores[:3], expected, atol=1e-6)
+    assert scores[3] != scores[1]
