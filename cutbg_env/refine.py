@@ -5,8 +5,8 @@ the mid-level map or the senior features of the agent's zero-padded crop). It is
 normalised, binarised at a fraction of its peak, and the rectangle around one connected region
 (:func:`heatmap_box`: the region holding the peak, or the one with the largest summed response;
 :func:`refined_box` adds the class-aware ``"drop"`` rule, which asks the classifier which of the
-largest regions the score needs) is intersected with the agent's box (:func:`refine`). All boxes are VOC boxes
-``(xmin, ymin, xmax, ymax)``, 1-based inclusive (:mod:`cutbg_env.geometry`).
+largest regions the score needs) is intersected with the agent's box (:func:`refine`). All
+boxes are VOC boxes ``(xmin, ymin, xmax, ymax)``, 1-based inclusive (:mod:`cutbg_env.geometry`).
 
 A *setting* is the heat-map ``(layer, region, threshold)``. It is chosen on the small validation
 subset with boxes (:mod:`cutbg_env.calibration`): :func:`refinement_scores` gives the refined
@@ -181,10 +181,7 @@ def heatmap_box(
         image_size = None  # the map is now in image pixels
 
     rows, cols = hmap.shape
-    if region == "peak":
-        box = _regions(hmap, threshold, 1, peak=True)[0]
-    else:  # "drop" without a classifier: its first candidate, the "mass" region
-        box = _regions(hmap, threshold, 1)[0]
+    box = _regions(hmap, threshold, 1, peak=region == "peak")[0]  # "drop" here: the "mass" one
     if image_size is None:
         return box
     return scale_box(box, width / cols, height / rows, width, height)
@@ -257,8 +254,8 @@ def refined_box(
         return refine(box, heatmap_box(hmap, threshold, image_size, region=region)), 0
     candidates = _regions(_to_numpy(hmap), threshold, DROP_CANDIDATES)
     rows, cols = hmap.shape
-    best = 0
-    if len(candidates) > 1:
+    best, calls = 0, len(candidates) if len(candidates) > 1 else 0
+    if calls:
         cell = GRID // rows  # grid cells per heat-map cell: 1 (mid) or 4 (senior)
         keep = np.zeros((len(candidates), GRID, GRID), np.float32)
         x0, y0, x1, y1 = crop
@@ -267,7 +264,7 @@ def refined_box(
             keep[k, (top - 1) * cell : bottom * cell, (left - 1) * cell : right * cell] = 0.0
         best = int(np.argmin(world.score_masks(index, keep)))  # first of equal scores
     heat = scale_box(candidates[best], width / cols, height / rows, width, height)
-    return refine(box, heat), len(candidates) if len(candidates) > 1 else 0
+    return refine(box, heat), calls
 
 
 DEFAULT_SETTING: Setting = ("mid", "peak", 0.5)
