@@ -51,11 +51,13 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 # Stage 1: the shipped checkpoint's whole recipe (from scratch, then a CutMix fine-tune; 34
-# minutes unless MINUTES=… is given, split in the recipe's proportions). On the embedded default
-# `make demo` starts from the shipped checkpoint instead.
+# minutes unless MINUTES=… is given, split in the recipe's proportions; STEPS=… makes it a step
+# budget, the same on any machine, that the minutes only cap). On the embedded default `make demo`
+# starts from the shipped checkpoint instead.
 CLASSIFIER_MINUTES = $(if $(filter command line environment,$(origin MINUTES)),--minutes $(MINUTES))
+STEPS ?=
 train-classifier: $(STAMP)
-	$(PY) -m train classifier --dataset '$(DATASET)' --device $(DEVICE) --threads $(THREADS) $(CLASSIFIER_MINUTES)
+	$(PY) -m train classifier --dataset '$(DATASET)' --device $(DEVICE) --threads $(THREADS) $(CLASSIFIER_MINUTES) $(if $(STEPS),--steps $(STEPS))
 
 # Stage 2: δ and heat-map threshold per class (the small validation subset).
 calibrate: $(STAMP)

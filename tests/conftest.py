@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny import TINY_CLASSIFIER
 
 from cutbg_env.data.generate import GeneratorConfig, generate
 
@@ -47,7 +48,7 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_animals: Path) 
     mp.setenv("CUTBG_DATA", str(base / "data"))
     mp.setenv("CUTBG_RUNS", str(base / "runs"))
     mp.chdir(base)  # results/ lands here
-    ckpt = train_classifier(ClassifierArgs(minutes=0.05, batch_size=8))
+    ckpt = train_classifier(ClassifierArgs(**TINY_CLASSIFIER))
     calib = calibrate(CalibrateArgs(classes="dog"))
     args = AgentArgs(
         class_name="dog",

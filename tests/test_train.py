@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from stable_baselines3 import DQN
+from tiny import TINY_CLASSIFIER
 
 from cutbg_env.calibration import validation_images, validation_subset, validation_truth
 from cutbg_env.cli import StageArgs
@@ -61,7 +62,8 @@ def test_classifier_checkpoint_and_results(tiny_pipeline: dict) -> None:
     assert [s["name"] for s in meta["stages"]] == ["scratch", "cutmix_finetune"]
     assert sum(s["steps"] for s in meta["stages"]) == meta["steps"]
     record = json.loads(tiny_pipeline["classifier"].with_suffix(".json").read_text())
-    assert record["command"] == "python -m train classifier --minutes 0.05 --batch-size 8"
+    assert record["command"] == "python -m train classifier --minutes 2.0 --steps 16 --batch-size 8"
+    assert [st["steps"] for st in record["stages"]] == [14, 2]  # the step budget, split 30 : 4
     assert [s["name"] for s in record["stages"]] == ["scratch", "cutmix_finetune"]
     assert record["test_map"] == pytest.approx(meta["test_map"])
     assert record["test_map"] == pytest.approx(float(np.mean(list(meta["test_ap"].values()))))
@@ -75,7 +77,7 @@ def test_classifier_skips_same_config(tiny_pipeline: dict, capsys: pytest.Captur
     from train.classifier import ClassifierArgs, train_classifier
 
     before = tiny_pipeline["classifier"].stat().st_mtime_ns
-    path = train_classifier(ClassifierArgs(minutes=0.05, batch_size=8))
+    path = train_classifier(ClassifierArgs(**TINY_CLASSIFIER))
     assert path == tiny_pipeline["classifier"]
     assert tiny_pipeline["classifier"].stat().st_mtime_ns == before
     assert "exists for this config: skipping (use --force to retrain)" in capsys.readouterr().err
@@ -112,6 +114,20 @@ def test_recipe_budget_splits_in_the_shipped_proportions() -> None:
     assert ClassifierArgs(dataset="voc2007").stages()[1].lr == pytest.approx(2.5e-5)
 
 
+def test_step_budget_splits_like_the_minutes() -> None:
+    from train.classifier import ClassifierArgs, split_steps
+
+    assert split_steps(340, 4 / 34) == (300, 40)
+    assert split_steps(16, 4 / 34) == (14, 2)  # the fine-tune's share rounded
+    assert split_steps(7, 0.5) == (3, 4)
+    first, second = ClassifierArgs(steps=340).stages()
+    assert (first.step_budget, second.step_budget) == (300, 40)
+    assert (first.minutes, second.minutes) == pytest.approx((30.0, 4.0))  # still the time cap
+    assert [s.step_budget for s in ClassifierArgs().stages()] == [0, 0]  # no step budget by default
+    (only,) = ClassifierArgs(steps=5, finetune_share=0.0).stages()
+    assert only.step_budget == 5
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -122,6 +138,12 @@ def test_recipe_budget_splits_in_the_shipped_proportions() -> None:
         (
             ["--finetune-share", "1"],
             "error: --finetune-share 1.0: must be a finite number in [0, 1)",
+        ),
+        (["--steps", "-1"], "error: --steps -1: must be an integer ≥ 0"),
+        (
+            ["--steps", "1"],
+            "error: --steps 1: leaves a stage no step at --finetune-share 0.117647; give more "
+            "steps or --finetune-share 0 (one stage)",
         ),
     ],
 )
@@ -160,6 +182,71 @@ def test_empty_negatives_flag_is_checked_and_recorded() -> None:
     assert command_line(ClassifierArgs(empty_negatives=4)) == (
         "python -m train classifier --empty-negatives 4"
     )
+
+
+@slow
+def test_step_budget_repeats_the_weights(
+    tiny_animals: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two trainings with the same ``--steps`` give the same weights and stop at their steps,
+    however long each step took; a stage whose time runs out first says so."""
+    import torch
+
+    from cutbg_env.backbone import load_classifier
+    from train.classifier import ClassifierArgs, train_classifier
+
+    monkeypatch.chdir(tmp_path)
+    weights, records = [], []
+    for name in ("a", "b"):
+        ckpt = tmp_path / name / "c.pt"
+        args = ClassifierArgs(
+            root=str(tiny_animals),
+            checkpoint=str(ckpt),
+            minutes=2.0,
+            steps=7,
+            finetune_share=0.5,
+            batch_size=8,
+        )
+        train_classifier(args)
+        weights.append(load_classifier(ckpt)[0].state_dict())
+        records.append(json.loads(ckpt.with_suffix(".json").read_text()))
+    assert weights[0].keys() == weights[1].keys()
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
+    for record in records:
+        assert [(s["step_budget"], s["steps"]) for s in record["stages"]] == [(3, 3), (4, 4)]
+        assert record["steps"] == 7
+    assert records[0]["test_ap"] == records[1]["test_ap"]
+
+
+@slow
+def test_a_step_budget_cut_short_by_the_time_says_so(
+    tiny_animals: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from train.classifier import ClassifierArgs, train_classifier
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "c.pt"
+    # 0.01 minutes leave each stage its minimum of one second: far fewer than 100,000 steps
+    args = ClassifierArgs(
+        root=str(tiny_animals),
+        checkpoint=str(ckpt),
+        minutes=0.01,
+        steps=100_000,
+        finetune_share=0.5,
+        batch_size=8,
+    )
+    train_classifier(args)
+    record = json.loads(ckpt.with_suffix(".json").read_text())
+    for stage in record["stages"]:
+        assert 0 < stage["steps"] < stage["step_budget"] == 50_000
+    err = capsys.readouterr().err
+    for stage in args.stages():
+        assert (
+            f"classifier stage {stage.name}: its time ran out at step " in err
+            and f" of {stage.step_budget} (raise --minutes for a run that repeats on any machine)"
+            in err
+        )
 
 
 @slow

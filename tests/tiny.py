@@ -19,6 +19,10 @@ from cutbg_env.world import CutWorld
 TINY_CONFIG = GeneratorConfig(n_trainval=24, n_test=12, seed=0)
 """The tiny cluttered-animals dataset (same config as ``conftest.TINY_ANIMALS``)."""
 
+TINY_CLASSIFIER: dict[str, Any] = {"minutes": 2.0, "steps": 16, "batch_size": 8}
+"""The tiny pipeline's classifier (``tests/conftest.py``): a step budget, so its weights are the
+same on every run and machine load (the minutes only cap it)."""
+
 TINY_CLASS = "dog"
 """A class with several images in the tiny trainval split (6 with seed 0)."""
 

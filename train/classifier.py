@@ -54,8 +54,13 @@ class ClassifierArgs(StageArgs):
     """Wall-clock budget of the whole recipe in minutes (loading, both stages, their test-set
     AP), split between the stages by ``--finetune-share``; each stage's learning rate follows a
     cosine over its part."""
+    steps: int = 0
+    """Optimisation steps of the whole recipe, split between the stages by ``--finetune-share``
+    (0 = the time budget alone decides). A stage then stops after its steps and its cosine follows
+    them, so the run repeats step for step on any machine; ``--minutes`` still caps each stage."""
     finetune_share: float = RECIPE_MINUTES[1] / sum(RECIPE_MINUTES)
-    """Share of ``--minutes`` given to the CutMix fine-tune stage (0 = the first stage only)."""
+    """Share of ``--minutes`` (and of ``--steps``) given to the CutMix fine-tune stage (0 = the
+    first stage only)."""
     finetune_cutmix: float = 0.8
     """CutMix probability of the fine-tune stage."""
     finetune_lr: float | None = None
@@ -93,6 +98,7 @@ class ClassifierArgs(StageArgs):
     def __post_init__(self) -> None:
         """Check every value (one line naming the flag, the value and the allowed range)."""
         checks.positive("--minutes", self.minutes)
+        checks.integer("--steps", self.steps, 0)
         checks.real(
             "--finetune-share",
             self.finetune_share,
@@ -112,6 +118,13 @@ class ClassifierArgs(StageArgs):
         checks.real("--cutmix", self.cutmix, 0.0, 1.0)
         checks.integer("--seed", self.seed, 0)
         checks.integer("--threads", self.threads, 0)
+        checks.rule(
+            not self.steps
+            or self.finetune_share == 0
+            or min(split_steps(self.steps, self.finetune_share)) > 0,
+            f"--steps {self.steps}: leaves a stage no step at --finetune-share "
+            f"{self.finetune_share:g}; give more steps or --finetune-share 0 (one stage)",
+        )
         super().__post_init__()
 
     def backbone(self) -> BackboneConfig:
@@ -126,17 +139,22 @@ class ClassifierArgs(StageArgs):
         return Path(self.checkpoint) if self.checkpoint else paths.classifier_path(self.dataset)
 
     def stages(self) -> list[Stage]:
-        """The recipe's stages with their minutes (:func:`split_minutes`)."""
+        """The recipe's stages with their minutes and steps (:func:`split_minutes`,
+        :func:`split_steps`)."""
         first, second = split_minutes(self.minutes, self.finetune_share)
+        steps = split_steps(self.steps, self.finetune_share) if self.steps else (0, 0)
         lr = (
             self.lr
             if self.lr is not None
             else (1e-4 if self.backbone().width_divisor == 1 else 2e-3)
         )
-        out = [Stage("scratch" if self.init is None else "init", first, lr, self.cutmix, self.init)]
+        name = "scratch" if self.init is None else "init"
+        out = [Stage(name, first, steps[0], lr, self.cutmix, self.init)]
         if second > 0:
             ft_lr = self.finetune_lr if self.finetune_lr is not None else lr / 4
-            out.append(Stage("cutmix_finetune", second, ft_lr, self.finetune_cutmix, None))
+            out.append(
+                Stage("cutmix_finetune", second, steps[1], ft_lr, self.finetune_cutmix, None)
+            )
         return out
 
 
@@ -147,7 +165,9 @@ class Stage:
     name: str
     """``scratch`` (fresh network), ``init`` (from ``--init``) or ``cutmix_finetune``."""
     minutes: float
-    """Its part of the budget."""
+    """Its part of the time budget."""
+    step_budget: int
+    """Its part of ``--steps`` (0 = its time alone ends it)."""
     lr: float
     """Peak AdamW learning rate."""
     cutmix: float
@@ -161,6 +181,13 @@ def split_minutes(minutes: float, finetune_share: float) -> tuple[float, float]:
     ``finetune_share`` of it (both checked by :class:`ClassifierArgs`)."""
     second = minutes * finetune_share
     return minutes - second, second
+
+
+def split_steps(steps: int, finetune_share: float) -> tuple[int, int]:
+    """``(first, fine-tune)`` steps of a ``steps`` budget, split as :func:`split_minutes`
+    splits minutes (the fine-tune's rounded)."""
+    second = round(steps * finetune_share)
+    return steps - second, second
 
 
 EVAL_RESERVE_S = 20.0
@@ -284,8 +311,9 @@ def _fit(
     writer: SummaryWriter,
     step0: int,
 ) -> dict:
-    """Train ``model`` in place for one stage until the monotonic time ``train_until`` (or
-    ``max_epochs``); the learning rate follows a cosine from ``stage.lr`` over the stage."""
+    """Train ``model`` in place for one stage until its steps (``stage.step_budget``, when set), the
+    monotonic time ``train_until`` or ``max_epochs``, whichever comes first; the learning rate
+    follows a cosine from ``stage.lr`` over the stage's steps, else over its time."""
     images, labels, mask = data
     seed_everything(args.seed, args.threads)
     gen = torch.Generator().manual_seed(args.seed)
@@ -293,18 +321,23 @@ def _fit(
     start = time.monotonic()
     budget = max(train_until - start, 1.0)
     step, epoch, eps = 0, 0, args.label_smoothing
-    bar = tqdm(total=round(budget), desc=f"classifier {stage.name}", unit="s")
-    done = False
+    total = stage.step_budget or round(budget)
+    bar = tqdm(
+        total=total, desc=f"classifier {stage.name}", unit="step" if stage.step_budget else "s"
+    )
+    done = timed_out = False
     for epoch in range(args.max_epochs):
         model.train()
         order = torch.randperm(len(images), generator=gen)
         for b in range(0, len(order) - args.batch_size + 1, args.batch_size):
             elapsed = time.monotonic() - start
-            if elapsed >= budget:
+            timed_out = elapsed >= budget
+            if timed_out or (stage.step_budget and step >= stage.step_budget):
                 done = True
                 break
+            part = step / stage.step_budget if stage.step_budget else elapsed / budget
             for group in opt.param_groups:
-                group["lr"] = stage.lr * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
+                group["lr"] = stage.lr * 0.5 * (1 + math.cos(math.pi * part))
             idx = order[b : b + args.batch_size]
             x = _augment(images[idx].float().div_(255), gen).to(args.device)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -325,12 +358,17 @@ def _fit(
             if (step0 + step) % 10 == 0:
                 writer.add_scalar("classifier/loss", loss.item(), step0 + step)
                 writer.add_scalar("classifier/lr", opt.param_groups[0]["lr"], step0 + step)
-            bar.n = min(round(time.monotonic() - start), round(budget))
+            bar.n = step if stage.step_budget else min(round(time.monotonic() - start), total)
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
             bar.update(0)
         if done:
             break
     bar.close()
+    if stage.step_budget and timed_out:
+        log(
+            f"classifier stage {stage.name}: its time ran out at step {step} of {stage.step_budget} "
+            "(raise --minutes for a run that repeats on any machine)"
+        )
     return {"steps": step, "epochs": epoch + 1, "seconds": round(time.monotonic() - start, 1)}
 
 
