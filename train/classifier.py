@@ -57,7 +57,8 @@ class ClassifierArgs(StageArgs):
     steps: int = 0
     """Optimisation steps of the whole recipe, split between the stages by ``--finetune-share``
     (0 = the time budget alone decides). A stage then stops after its steps and its cosine follows
-    them, so the run repeats step for step on any machine; ``--minutes`` still caps each stage."""
+    them, so a rerun takes the same steps on any machine (and gives the same weights with the same
+    torch build and ``--threads``); ``--minutes`` still caps each stage."""
     finetune_share: float = RECIPE_MINUTES[1] / sum(RECIPE_MINUTES)
     """Share of ``--minutes`` (and of ``--steps``) given to the CutMix fine-tune stage (0 = the
     first stage only)."""
