@@ -143,7 +143,7 @@ class ClassifierArgs(StageArgs):
         """The recipe's stages with their minutes and steps (:func:`split_minutes`,
         :func:`split_steps`)."""
         first, second = split_minutes(self.minutes, self.finetune_share)
-        steps = split_steps(self.steps, self.finetune_share) if self.steps else (0, 0)
+        steps = split_steps(self.steps, self.finetune_share)  # (0, 0) without --steps
         lr = (
             self.lr
             if self.lr is not None
