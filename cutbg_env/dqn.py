@@ -104,8 +104,8 @@ class DQNArgs:
     """The agent's Q-network and DQN hyperparameters, shared by ``python -m train agent`` and the
     benchmark. ``None`` fields have a dataset-dependent default (:meth:`resolved`)."""
 
-    gamma: float = 0.95
-    """Discount factor."""
+    gamma: float | None = None
+    """Discount factor (default: 0.95 on VOC as the paper, 0.8 here)."""
     buffer_size: int | None = None
     """Replay transitions (default: 30,000 on VOC, 100,000 here; see README for bytes)."""
     batch_size: int = 256
@@ -143,6 +143,7 @@ class DQNArgs:
         voc = dataset in VOC_DATASETS
         return dataclasses.replace(
             self,
+            gamma=self.gamma if self.gamma is not None else (0.95 if voc else 0.8),
             buffer_size=self.buffer_size
             if self.buffer_size is not None
             else (30_000 if voc else 100_000),
@@ -154,7 +155,7 @@ class DQNArgs:
     def build(self, env: Any, **sb3_kwargs: Any) -> CutDQN:
         """The untrained :class:`CutDQN` of these (resolved) arguments on ``env``;
         ``sb3_kwargs`` (``learning_rate``, ``seed``, ``device``, ...) go to SB3's DQN."""
-        if self.buffer_size is None or self.adapt_channels is None:
+        if self.gamma is None or self.buffer_size is None or self.adapt_channels is None:
             raise ValueError("DQNArgs.build: call resolved_for(dataset) first")
         kwargs = policy_kwargs(self.adapt_channels, self.adapt_kernel, self.hidden)
         if self.validity_head:
@@ -182,7 +183,8 @@ class DQNArgs:
         """Check every value (one line naming the flag, the value and the allowed range)."""
         from cutbg_env import checks
 
-        checks.real("--gamma", self.gamma, 0.0, 1.0)
+        if self.gamma is not None:
+            checks.real("--gamma", self.gamma, 0.0, 1.0)
         for name in ("buffer_size", "batch_size", "train_freq", "gradient_steps", "target_update"):
             checks.integer(checks.flag(name), getattr(self, name), 1)
         checks.integer("--learning-starts", self.learning_starts, 0)

@@ -595,7 +595,7 @@ def test_defaults_resolve_per_dataset() -> None:
     per_obs = (512 * 49 + 52 + 2) * 2
     assert a.buffer_size * 2 * per_obs < 4 * 10**9
     e = AgentArgs().resolved()
-    assert (e.epochs, e.decay_epochs, e.lr_start, e.lr_end) == (30, 8, 1e-3, 1e-4)
+    assert (e.epochs, e.decay_epochs, e.lr_start, e.lr_end, e.gamma) == (30, 8, 1e-3, 1e-4, 0.8)
     assert (e.buffer_size, e.adapt_channels) == (100_000, 32)
     assert e.buffer_size * 2 * (64 * 49 + 52 + 2) * 2 < 4 * 10**9
     assert AgentArgs(epochs=5).resolved().decay_epochs == 5  # decay never outlasts training
