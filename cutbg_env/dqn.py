@@ -139,7 +139,7 @@ class DQNArgs:
     their mean Q-values (1 = a single DQN)."""
 
     def resolved_for(self, dataset: str) -> Any:
-        """A copy with the ``None`` fields filled for ``dataset`` (the paper's sizes on VOC)."""
+        """A copy with the ``None`` fields filled for ``dataset`` (the paper's values on VOC)."""
         voc = dataset in VOC_DATASETS
         return dataclasses.replace(
             self,
