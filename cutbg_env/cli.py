@@ -4,11 +4,13 @@ Each stage's configuration is one ``@dataclass(frozen=True)`` whose fields carry
 docstring (a string literal right under the field); tyro turns the fields into ``--kebab-case``
 flags with those docstrings as help (``bool`` fields become ``--x/--no-x``). Bad input that the
 project detects (:class:`~cutbg_env.errors.CutbgError`) becomes one ``error: ...`` line on stderr
-and exit status 2, never a traceback.
+and exit status 2, never a traceback; so does a closed pipe (``python -m train --help | head``):
+the command ends quietly with status 1.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,11 @@ def run_cli(fn: Callable[[], object]) -> int:
     except CutbgError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader of stdout is gone: point stdout at devnull so that the interpreter's final
+        # flush does not raise again (the remedy in Python's signal module documentation)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -25,6 +25,14 @@ VOC_DATASETS = ("voc2007", "voc2012")
 """Datasets that get the paper's (full-width VGG-16) defaults."""
 
 
+def per_dataset(value: Any, dataset: str, on_voc: Any, here: Any) -> Any:
+    """``value`` if it is set, else the default of ``dataset``: ``on_voc`` on PASCAL VOC (the
+    paper's), ``here`` on any other dataset (the embedded default's)."""
+    if value is not None:
+        return value
+    return on_voc if dataset in VOC_DATASETS else here
+
+
 class CutDQN(DQN):
     """SB3's DQN with a choice of TD target and the validity loss.
 
@@ -140,16 +148,11 @@ class DQNArgs:
 
     def resolved_for(self, dataset: str) -> Any:
         """A copy with the ``None`` fields filled for ``dataset`` (the paper's values on VOC)."""
-        voc = dataset in VOC_DATASETS
         return dataclasses.replace(
             self,
-            gamma=self.gamma if self.gamma is not None else (0.95 if voc else 0.8),
-            buffer_size=self.buffer_size
-            if self.buffer_size is not None
-            else (30_000 if voc else 100_000),
-            adapt_channels=self.adapt_channels
-            if self.adapt_channels is not None
-            else (128 if voc else 32),
+            gamma=per_dataset(self.gamma, dataset, 0.95, 0.8),
+            buffer_size=per_dataset(self.buffer_size, dataset, 30_000, 100_000),
+            adapt_channels=per_dataset(self.adapt_channels, dataset, 128, 32),
         )
 
     def build(self, env: Any, **sb3_kwargs: Any) -> CutDQN:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,17 @@ def test_run_cli_lets_programming_errors_through() -> None:
 
     with pytest.raises(KeyError, match="a bug, not bad input"):
         run_cli(broken)
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    # `python -m train classifier --help | head -1`: the reader is gone before the help is written
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "train", "classifier", "--help"]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert (proc.wait(timeout=60), err) == (1, "")
 
 
 def test_command_main_parses_the_dataclass_fields() -> None:

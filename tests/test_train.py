@@ -16,7 +16,7 @@ from tiny import TINY_CLASSIFIER
 
 from cutbg_env.calibration import validation_images, validation_subset, validation_truth
 from cutbg_env.cli import StageArgs
-from cutbg_env.dqn import CutDQN, DQNArgs
+from cutbg_env.dqn import CutDQN, DQNArgs, per_dataset
 from cutbg_env.errors import CheckpointError, DataError, OptionError
 from cutbg_env.refine import (
     REFINEMENT_FILE,
@@ -600,6 +600,10 @@ def test_defaults_resolve_per_dataset() -> None:
     assert e.buffer_size * 2 * (64 * 49 + 52 + 2) * 2 < 4 * 10**9
     assert AgentArgs(epochs=5).resolved().decay_epochs == 5  # decay never outlasts training
     assert isinstance(AgentArgs(), StageArgs) and isinstance(AgentArgs(), DQNArgs)
+    # a value that is set wins on every dataset; a folder is not VOC even when named like it
+    assert AgentArgs(dataset="voc2007", gamma=0.8).resolved().gamma == 0.8
+    assert per_dataset(0, "voc2007", 1, 2) == 0
+    assert (per_dataset(None, "voc2012", 1, 2), per_dataset(None, "data/voc2007", 1, 2)) == (1, 2)
 
 
 def test_zero_is_a_value_not_a_default() -> None:

@@ -38,7 +38,7 @@ from cutbg_env.backbone import load_classifier
 from cutbg_env.calibration import resolve_delta, validation_images, validation_truth
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import dataset_splits, open_split
-from cutbg_env.dqn import VOC_DATASETS, CutDQN, DQNArgs
+from cutbg_env.dqn import CutDQN, DQNArgs, per_dataset
 from cutbg_env.errors import CheckpointError, OptionError, OutputError
 from cutbg_env.io import (
     atomic_path,
@@ -134,18 +134,14 @@ class AgentArgs(StageArgs, DQNArgs):
 
     def resolved(self) -> AgentArgs:
         """Fill the dataset-dependent defaults (``None`` fields; the paper's values on VOC)."""
-        voc = self.dataset in VOC_DATASETS
-
-        def pick(value: Any, on_voc: Any, here: Any) -> Any:
-            return value if value is not None else (on_voc if voc else here)
-
-        epochs = pick(self.epochs, 50, 30)
+        data = self.dataset
+        epochs = per_dataset(self.epochs, data, 50, 30)
         return dataclasses.replace(
-            self.resolved_for(self.dataset),
+            self.resolved_for(data),
             epochs=epochs,
-            decay_epochs=pick(self.decay_epochs, 10, min(8, epochs)),
-            lr_start=pick(self.lr_start, 1e-5, 1e-3),
-            lr_end=pick(self.lr_end, 1e-6, 1e-4),
+            decay_epochs=per_dataset(self.decay_epochs, data, 10, min(8, epochs)),
+            lr_start=per_dataset(self.lr_start, data, 1e-5, 1e-3),
+            lr_end=per_dataset(self.lr_end, data, 1e-6, 1e-4),
         )
 
     def run_dir(self) -> Path:
