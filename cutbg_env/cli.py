@@ -4,8 +4,8 @@ Each stage's configuration is one ``@dataclass(frozen=True)`` whose fields carry
 docstring (a string literal right under the field); tyro turns the fields into ``--kebab-case``
 flags with those docstrings as help (``bool`` fields become ``--x/--no-x``). Bad input that the
 project detects (:class:`~cutbg_env.errors.CutbgError`) becomes one ``error: ...`` line on stderr
-and exit status 2, never a traceback; so does a closed pipe (``python -m train --help | head``):
-the command ends quietly with status 1.
+and exit status 2, never a traceback. A closed pipe (``python -m train --help | head``) ends the
+command quietly with status 1, without a traceback either.
 """
 
 from __future__ import annotations

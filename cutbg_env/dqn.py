@@ -110,7 +110,7 @@ class CutDQN(DQN):
 @dataclass(frozen=True)
 class DQNArgs:
     """The agent's Q-network and DQN hyperparameters, shared by ``python -m train agent`` and the
-    benchmark. ``None`` fields have a dataset-dependent default (:meth:`resolved`)."""
+    benchmark. ``None`` fields have a dataset-dependent default (:meth:`resolved_for`)."""
 
     gamma: float | None = None
     """Discount factor (default: 0.95 on VOC as the paper, 0.8 here)."""
