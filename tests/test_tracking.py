@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate.tracking import beside_crop, half_crops, main, object_crop, track_class
+from evaluate.tracking import (
+    MISS_KINDS,
+    beside_crop,
+    edge_crops,
+    half_crops,
+    main,
+    miss_kind,
+    object_crop,
+    track_class,
+)
 
 
 def test_object_crop_covers_the_union_of_the_boxes() -> None:
@@ -22,6 +31,23 @@ def test_half_crops_are_the_four_halves() -> None:
     assert half_crops((2, 4, 10, 8)) == [(2, 4, 6, 8), (6, 4, 10, 8), (2, 4, 10, 6), (2, 6, 10, 8)]
     # one cell wide: that side is not halved; three cells: halves of one cell
     assert half_crops((5, 0, 6, 3)) == [(5, 0, 6, 3), (5, 0, 6, 3), (5, 0, 6, 1), (5, 2, 6, 3)]
+
+
+def test_edge_crops_cut_one_cell_off_each_side() -> None:
+    assert edge_crops((2, 4, 10, 8)) == [(3, 4, 10, 8), (2, 4, 9, 8), (2, 5, 10, 8), (2, 4, 10, 7)]
+    # a side one cell thick is not cut
+    assert edge_crops((5, 0, 6, 3)) == [(5, 0, 6, 3), (5, 0, 6, 3), (5, 1, 6, 3), (5, 0, 6, 2)]
+
+
+def test_miss_kind_places_a_box_against_the_object() -> None:
+    obj = (4, 4, 10, 10)
+    assert miss_kind((0, 0, 28, 28), obj) == "holds"
+    assert miss_kind(obj, obj) == "holds"
+    assert miss_kind((5, 5, 9, 9), obj) == "inside"
+    assert miss_kind((4, 6, 10, 10), obj) == "inside"  # cut into the top only
+    assert miss_kind((0, 6, 10, 10), obj) == "across"  # background left, object top cut
+    assert miss_kind((12, 0, 28, 28), obj) == "across"  # beside the object
+    assert MISS_KINDS == ("holds", "inside", "across")
 
 
 def test_beside_crop_is_the_largest_object_free_side() -> None:
@@ -53,6 +79,11 @@ def test_track_class_on_the_tiny_pipeline(tiny_pipeline: dict) -> None:
     assert r["bg_drop"] == pytest.approx(drop.mean())
     assert r["bg_valid"] == pytest.approx((drop <= 0.1).mean())
     assert 0 <= r["half_invalid"] <= 1 and -1 <= r["half_drop"] <= 1
+    edges = np.asarray([edge_crops(c) for c in crops]).reshape(-1, 4)
+    _, p_edge = world.score_crops(mids.repeat_interleave(4, dim=0), edges)
+    edge_drop = np.asarray(p_full)[:, None] - p_edge.reshape(-1, 4)
+    assert r["edge_drop"] == pytest.approx(edge_drop.mean())
+    assert r["edge_invisible"] == pytest.approx((edge_drop <= 0.1).mean())
     model = world.model
     with torch.inference_mode():  # the all-zero map scored directly by the network
         logit = model.head(model.upper(torch.zeros_like(mids[:1])))[0, world.class_idx]
@@ -62,6 +93,12 @@ def test_track_class_on_the_tiny_pipeline(tiny_pipeline: dict) -> None:
         np.mean([(c.crop[2] - c.crop[0]) * (c.crop[3] - c.crop[1]) for c in greedy]) / 784
     )
     assert 0 <= r["greedy_cut_corloc"] <= 100
+    # every image is a hit or one kind of miss
+    misses = r["greedy_cut_misses"]
+    assert set(misses) == set(MISS_KINDS)
+    assert sum(misses.values()) + r["greedy_cut_corloc"] / 100 == pytest.approx(1.0)
+    kinds = [miss_kind(c.crop, o) for c, o in zip(greedy, crops, strict=True)]
+    assert misses["holds"] <= kinds.count("holds") / len(kinds) + 1e-9
 
 
 @pytest.mark.slow
