@@ -214,10 +214,6 @@ class CutBackgroundEnv(gym.Env[dict[str, np.ndarray], int]):
                 (2,),
                 self.obs_dtype,
             )
-        import os
-
-        if os.environ.get("CUTBG_ORACLE_CUTS"):
-            obs_spaces["cuts"] = spaces.Box(0.0, 1.0, (12,), self.obs_dtype)
         self.observation_space = spaces.Dict(obs_spaces)
         self._sampler = ImageSampler(self.world)
         self._episode: Episode | None = None

@@ -17,10 +17,6 @@ from cutbg_env.actions import CUT_ACTIONS, N_ACTIONS, Action, apply_cut
 from cutbg_env.geometry import FULL_CROP, Crop, crop_to_box
 from cutbg_env.world import CutWorld
 
-import os
-
-ORACLE_CUTS = bool(os.environ.get("CUTBG_ORACLE_CUTS"))
-ORACLE_MEMO: dict = {}
 HISTORY = 4
 """Past actions kept in the observation."""
 SIDE_CUTS = tuple(
@@ -165,26 +161,7 @@ class Episode:
         }
         if self.observe_score:
             obs["score"] = np.asarray([self.p_crop, self.p_full - self.p_crop], dtype=dtype)
-        if ORACLE_CUTS:
-            obs["cuts"] = self.oracle_cuts().astype(dtype)
         return obs
-
-    def oracle_cuts(self) -> np.ndarray:
-        """SCRATCH: the 12 cuts' verdicts at the current crop (1 = removes cells, drop <= delta)."""
-        key = (self.index, *self.crop)
-        memo = ORACLE_MEMO.get(key)
-        if memo is None:
-            plans = [apply_cut(self.crop, a) for a in CUT_ACTIONS]
-            ks = [k for k, (_, r) in enumerate(plans) if r]
-            memo = np.zeros(len(CUT_ACTIONS), dtype=np.float32)
-            if ks:
-                res = self.world.score_image_crops(
-                    [self.index] * len(ks), [plans[k][0] for k in ks]
-                )
-                for k, (_, p) in zip(ks, res):
-                    memo[k] = float(self.p_full - p <= self.delta)
-            ORACLE_MEMO[key] = memo
-        return memo
 
     def action_mask(self) -> np.ndarray:
         """``(13,)`` int8, 1 where an action can change the crop: ``STOP``, and each cut that
@@ -251,7 +228,7 @@ def new_episode(
     """Start an episode on dataset image ``index`` (its whole-map score comes from the cache)."""
     ann = world.data.annotation(index)
     (features,), (p_full,) = world.full([index])
-    ep = Episode(
+    return Episode(
         index,
         ann.image_id,
         (ann.height, ann.width),
@@ -263,5 +240,3 @@ def new_episode(
         observe_score,
         undo_drop,
     )
-    ep.world = world
-    return ep

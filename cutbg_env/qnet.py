@@ -21,7 +21,7 @@ from torch import nn
 
 from cutbg_env.actions import CUT_ACTIONS, Action
 
-EXTRA_OBSERVATIONS = ("score", "cuts")
+EXTRA_OBSERVATIONS = ("score",)
 """Optional observation keys the extractor concatenates when the space has them."""
 
 
