@@ -84,6 +84,11 @@ def dead_pid() -> int:
         (CalibrateArgs, {"fraction": 0.5}, "--fraction 0.5: must be a finite number in (0, 0.05]"),
         (
             CalibrateArgs,
+            {"delta_rule": "median"},
+            "--delta-rule 'median': must be one of pooled, per-class",
+        ),
+        (
+            CalibrateArgs,
             {"drop_split": 2.0},
             "--drop-split 2.0: must be a finite number in [-1, 1]",
         ),
@@ -102,18 +107,23 @@ def dead_pid() -> int:
         (ClassifierArgs, {"lr": -1.0}, "--lr -1.0: must be a finite number > 0"),
         (
             ClassifierArgs,
-            {"finetune_share": 1.0},
-            "--finetune-share 1.0: must be a finite number in [0, 1) (0 = no fine-tune stage)",
+            {"finetune_share": 1.5},
+            "--finetune-share 1.5: must be a finite number in [0, 1] (0 = no such stage)",
         ),
         (
             ClassifierArgs,
             {"finetune_share": float("nan")},
-            "--finetune-share nan: must be a finite number in [0, 1) (0 = no fine-tune stage)",
+            "--finetune-share nan: must be a finite number in [0, 1] (0 = no such stage)",
         ),
         (
             ClassifierArgs,
-            {"finetune_share": -0.1},
-            "--finetune-share -0.1: must be a finite number in [0, 1) (0 = no fine-tune stage)",
+            {"pseudo_share": -0.1},
+            "--pseudo-share -0.1: must be a finite number in [0, 1] (0 = no such stage)",
+        ),
+        (
+            ClassifierArgs,
+            {"pseudo_cut": 2.0},
+            "--pseudo-cut 2.0: must be a finite number in [0, 1]",
         ),
         (
             ClassifierArgs,
@@ -159,7 +169,8 @@ def test_cuda_without_a_gpu_is_one_line(capsys: pytest.CaptureFixture) -> None:
         (["calibrate", "--fraction", "0"], "--fraction 0.0: must be a finite number in (0, 0.05]"),
         (
             ["classifier", "--finetune-share", "1"],
-            "--finetune-share 1.0: must be a finite number in [0, 1) (0 = no fine-tune stage)",
+            "--finetune-share 1 + --pseudo-share 0.105263 leave the first stage no time: their "
+            "sum must be below 1 (or at most 1 with --init)",
         ),
     ],
 )

@@ -31,7 +31,7 @@ from cutbg_env.refine import (
 )
 from train.__main__ import main as train_main
 from train.agent import AgentArgs, fit_agent, make_vec_env
-from train.calibrate import CalibrateArgs, calibrate, needs_context, small_deltas
+from train.calibrate import CalibrateArgs, calibrate, needs_context, pooled_delta, small_deltas
 from train.schedules import EpochClock, EpsilonSchedule, LrSchedule, last_checkpoint
 
 slow = pytest.mark.slow
@@ -58,13 +58,16 @@ def test_classifier_checkpoint_and_results(tiny_pipeline: dict) -> None:
     assert meta["steps"] > 0 and set(meta["test_ap"]) == set(model.classes)
     assert meta["args"]["lr"] is None  # the default, resolved to 2e-3 inside
     assert meta["args"]["checkpoint"] is None and "out" not in meta["args"]
-    # the recipe's two stages, recorded in the checkpoint and in the JSON beside it
-    assert [s["name"] for s in meta["stages"]] == ["scratch", "cutmix_finetune"]
+    # the recipe's three stages, recorded in the checkpoint and in the JSON beside it
+    assert [s["name"] for s in meta["stages"]] == ["scratch", "cutmix_finetune", "pseudo_crops"]
     assert sum(s["steps"] for s in meta["stages"]) == meta["steps"]
     record = json.loads(tiny_pipeline["classifier"].with_suffix(".json").read_text())
     assert record["command"] == "python -m train classifier --minutes 2.0 --steps 16 --batch-size 8"
-    assert [st["steps"] for st in record["stages"]] == [14, 2]  # the step budget, split 30 : 4
-    assert [s["name"] for s in record["stages"]] == ["scratch", "cutmix_finetune"]
+    assert [st["steps"] for st in record["stages"]] == [12, 2, 2]  # the steps, split 30 : 4 : 4
+    assert [s["name"] for s in record["stages"]] == ["scratch", "cutmix_finetune", "pseudo_crops"]
+    # the pseudo-box stage found a box for every trainval image holding a class (all 24)
+    assert record["stages"][2]["pseudo_box_images"] == 24
+    assert record["stages"][2]["pseudo_box_seconds"] >= 0
     assert record["test_map"] == pytest.approx(meta["test_map"])
     assert record["test_map"] == pytest.approx(float(np.mean(list(meta["test_ap"].values()))))
     assert record["test_ap"] == pytest.approx(meta["test_ap"])  # the same numbers in both places
@@ -86,28 +89,31 @@ def test_classifier_skips_same_config(tiny_pipeline: dict, capsys: pytest.Captur
 def test_recipe_budget_splits_in_the_shipped_proportions() -> None:
     from train.classifier import RECIPE_MINUTES, ClassifierArgs, split_minutes, training_seconds
 
-    assert RECIPE_MINUTES == (30.0, 4.0)
+    assert RECIPE_MINUTES == (30.0, 4.0, 4.0)
     default = ClassifierArgs()
-    assert default.minutes == 34.0
-    assert split_minutes(default.minutes, default.finetune_share) == pytest.approx((30.0, 4.0))
-    assert split_minutes(3.4, default.finetune_share) == pytest.approx((3.0, 0.4))
-    assert split_minutes(2.0, 0.25) == (1.5, 0.5)
-    assert split_minutes(2.0, 0.0) == (2.0, 0.0)
-    first, second = ClassifierArgs(minutes=3.4).stages()
-    assert (first.name, first.lr, first.cutmix, first.init) == ("scratch", 2e-3, 0.0, None)
+    assert default.minutes == 38.0
+    assert split_minutes(default.minutes, default.shares()) == pytest.approx([30.0, 4.0, 4.0])
+    assert split_minutes(3.8, default.shares()) == pytest.approx([3.0, 0.4, 0.4])
+    assert split_minutes(2.0, (0.75, 0.25)) == [1.5, 0.5]
+    assert split_minutes(2.0, (1.0, 0.0, 0.0)) == [2.0, 0.0, 0.0]
+    first, second, third = ClassifierArgs(minutes=3.8).stages()
+    assert (first.name, first.lr, first.cutmix, first.pseudo) == ("scratch", 2e-3, 0.0, False)
     assert (second.name, second.lr, second.cutmix) == ("cutmix_finetune", 5e-4, 0.8)
-    assert (first.minutes, second.minutes) == pytest.approx((3.0, 0.4))
+    assert (third.name, third.lr, third.cutmix) == ("pseudo_crops", 5e-4, 0.0)
+    assert [s.minutes for s in (first, second, third)] == pytest.approx([3.0, 0.4, 0.4])
     # the existing flags keep their meaning for the first stage
-    (only,) = ClassifierArgs(init="a.pt", cutmix=0.5, lr=1e-3, finetune_share=0.0).stages()
-    assert (only.name, only.lr, only.cutmix, only.init, only.minutes) == (
+    (only,) = ClassifierArgs(
+        init="a.pt", cutmix=0.5, lr=1e-3, finetune_share=0.0, pseudo_share=0.0
+    ).stages()
+    assert (only.name, only.lr, only.cutmix, only.pseudo, only.minutes) == (
         "init",
         1e-3,
         0.5,
-        "a.pt",
-        34.0,
+        False,
+        38.0,
     )
     # what loading leaves is split between the stages' training in the same proportions
-    half = ClassifierArgs(minutes=2.0, finetune_share=0.25).stages()
+    half = ClassifierArgs(minutes=2.0, finetune_share=0.25, pseudo_share=0.0).stages()
     assert training_seconds(100.0, half, 2.0) == [75.0, 25.0]
     assert training_seconds(-5.0, half, 2.0) == [1.0, 1.0]  # a spent budget: one second each
     assert ClassifierArgs(dataset="voc2007", finetune_lr=1e-5).stages()[1].lr == 1e-5
@@ -117,14 +123,15 @@ def test_recipe_budget_splits_in_the_shipped_proportions() -> None:
 def test_step_budget_splits_like_the_minutes() -> None:
     from train.classifier import ClassifierArgs, split_steps
 
-    assert split_steps(340, 4 / 34) == (300, 40)
-    assert split_steps(16, 4 / 34) == (14, 2)  # the fine-tune's share rounded
-    assert split_steps(7, 0.5) == (3, 4)
-    first, second = ClassifierArgs(steps=340).stages()
-    assert (first.step_budget, second.step_budget) == (300, 40)
-    assert (first.minutes, second.minutes) == pytest.approx((30.0, 4.0))  # still the time cap
-    assert [s.step_budget for s in ClassifierArgs().stages()] == [0, 0]  # no step budget by default
-    (only,) = ClassifierArgs(steps=5, finetune_share=0.0).stages()
+    shares = ClassifierArgs().shares()
+    assert split_steps(380, shares) == [300, 40, 40]
+    assert split_steps(16, shares) == [12, 2, 2]  # the later stages' shares rounded
+    assert split_steps(7, (0.5, 0.5)) == [3, 4]
+    stages = ClassifierArgs(steps=380).stages()
+    assert [s.step_budget for s in stages] == [300, 40, 40]
+    assert [s.minutes for s in stages] == pytest.approx([30.0, 4.0, 4.0])  # still the time cap
+    assert [s.step_budget for s in ClassifierArgs().stages()] == [0, 0, 0]  # none by default
+    (only,) = ClassifierArgs(steps=5, finetune_share=0.0, pseudo_share=0.0).stages()
     assert only.step_budget == 5
 
 
@@ -136,14 +143,19 @@ def test_step_budget_splits_like_the_minutes() -> None:
             "error: --minutes 0.0: must be a finite number > 0",
         ),
         (
-            ["--finetune-share", "1"],
-            "error: --finetune-share 1.0: must be a finite number in [0, 1)",
+            ["--finetune-share", "1.5"],
+            "error: --finetune-share 1.5: must be a finite number in [0, 1]",
+        ),
+        (
+            ["--finetune-share", "0.9"],
+            "error: --finetune-share 0.9 + --pseudo-share 0.105263 leave the first stage no "
+            "time: their sum must be below 1 (or at most 1 with --init)",
         ),
         (["--steps", "-1"], "error: --steps -1: must be an integer ≥ 0"),
         (
-            ["--steps", "1"],
-            "error: --steps 1: leaves a stage no step at --finetune-share 0.117647; give more "
-            "steps or --finetune-share 0 (one stage)",
+            ["--steps", "4"],
+            "error: --steps 4: leaves a stage no step at --finetune-share 0.105263 and "
+            "--pseudo-share 0.105263; give more steps or set a share to 0 (no such stage)",
         ),
     ],
 )
@@ -195,6 +207,7 @@ def _halves(root: Path, ckpt: Path, minutes: float, steps: int) -> Path:
         minutes=minutes,
         steps=steps,
         finetune_share=0.5,
+        pseudo_share=0.0,
         batch_size=8,
     )
     train_classifier(args)
@@ -263,7 +276,12 @@ def test_recipe_stages_run_and_the_record_is_written_atomically(
     monkeypatch.chdir(tmp_path)
     ckpt = tmp_path / "out" / "c.pt"
     args = ClassifierArgs(
-        root=str(tiny_animals), checkpoint=str(ckpt), minutes=0.06, finetune_share=0.5, batch_size=8
+        root=str(tiny_animals),
+        checkpoint=str(ckpt),
+        minutes=0.06,
+        finetune_share=0.5,
+        pseudo_share=0.0,
+        batch_size=8,
     )
     assert train_classifier(args) == ckpt
     record_file = ckpt.with_suffix(".json")
@@ -289,7 +307,7 @@ def test_recipe_stages_run_and_the_record_is_written_atomically(
     }
     assert record["command"] == (
         f"python -m train classifier --root {tiny_animals} --checkpoint {ckpt} --minutes 0.06 "
-        "--finetune-share 0.5 --batch-size 8"
+        "--finetune-share 0.5 --pseudo-share 0.0 --batch-size 8"
     )
     scratch, finetune = record["stages"]
     assert (scratch["name"], finetune["name"]) == ("scratch", "cutmix_finetune")
@@ -475,12 +493,50 @@ def test_setting_keys_round_trip_and_name_bad_keys() -> None:
         pooled_setting([])
 
 
+def test_pooled_delta_sums_greedy_hits_over_classes() -> None:
+    dog = {0.02: 7, 0.05: 5, 0.1: 2}  # dog alone would pick 0.02
+    cat = {0.02: 1, 0.05: 6, 0.1: 6}
+    assert pooled_delta([dog, cat]) == 0.05  # 11 hits against 8 and 8
+    assert pooled_delta([dog]) == 0.02
+    assert pooled_delta([{0.05: 3, 0.1: 3}, {0.2: 2}]) == 0.05  # ties: the smaller δ
+    assert pooled_delta([{0.05: 1}, {0.3: 2}]) == 0.3  # a δ missing from a table counts 0 there
+    with pytest.raises(ValueError, match="pooled_delta: no greedy-cut hits to pool"):
+        pooled_delta([])
+
+
+def _greedy_crops(world: object, images: list[int], delta: float) -> dict[int, tuple]:
+    """Greedy cutting's crop of each image at ``delta``."""
+    from cutbg_env.localize import greedy_cut
+
+    return {i: g.crop for i, g in zip(images, greedy_cut(world, images, delta), strict=True)}
+
+
+def _check_refinement(calib: dict, world: object, images: list[int], truth: dict) -> float:
+    """The stored setting is the best refined CorLoc of greedy cutting at the class's δ, and
+    every setting's hits there are stored; return that CorLoc (a fraction)."""
+    delta = calib["delta"]["dog"]
+    scores = refinement_scores(world, _greedy_crops(world, images, delta), truth)
+    top = best_setting({(0.0, *k): v for k, v in scores.items()})[1:]
+    assert top == (
+        calib["heatmap_layer"]["dog"],
+        calib["heatmap_region"]["dog"],
+        calib["heatmap_threshold"]["dog"],
+    )
+    assert 100 * scores[top] == pytest.approx(calib["validation"]["dog"]["refined_corloc"])
+    hits = {setting_key(k): round(v * len(images)) for k, v in scores.items()}
+    assert calib["refinement_hits"]["dog"] == hits and len(hits) == 54
+    assert dataset_setting(calib) == pooled_setting(calib["refinement_hits"].values())
+    return scores[top]
+
+
 @slow
 def test_pipeline_calibration_follows_its_rule(tiny_pipeline: dict) -> None:
-    """dog's δ follows the context test: 0.2 where its median GT-crop drop reaches 0.15, else
-    the grid's δ below 0.2 whose refined CorLoc no other beats (a smaller one: not even ties)."""
-    from cutbg_env.localize import greedy_cut
+    """The default rule: dog's δ is the grid's δ whose greedy cutting hits the most validation
+    images of the calibrated classes (here dog's own), the smaller of ties."""
+    from cutbg_env.geometry import crop_to_box
+    from cutbg_env.metrics import corloc_hit
     from cutbg_env.world import CutWorld
+    from train.calibrate import DELTAS
 
     calib = json.loads(
         (tiny_pipeline["base"] / "runs" / "animals" / "calibration.json").read_text()
@@ -488,37 +544,42 @@ def test_pipeline_calibration_follows_its_rule(tiny_pipeline: dict) -> None:
     assert calib == tiny_pipeline["calibration"]
     val = calib["validation"]["dog"]
     assert val["images"] == 1  # image 18, with one dog box
+    world = CutWorld("animals", "trainval", "dog")
+    images = validation_images(world)
+    truth = validation_truth(world, images)
+    size = {i: (world.data.annotation(i).width, world.data.annotation(i).height) for i in images}
+    hits = {}
+    for d in DELTAS:
+        crops = _greedy_crops(world, images, d)
+        hits[d] = sum(corloc_hit(crop_to_box(crops[i], *size[i]), truth[i]) for i in images)
+    assert val["greedy_hits"] == {f"{d:g}": n for d, n in hits.items()}
+    assert calib["delta"]["dog"] == pooled_delta([hits])
+    assert val["greedy_corloc"] == 100 * hits[calib["delta"]["dog"]]
+    assert calib["rule"]["delta"].startswith("one δ for the 1 classes calibrated together")
+    _check_refinement(calib, world, images, truth)
+
+
+@slow
+def test_per_class_rule_follows_the_context_test(own_runs: Path) -> None:
+    """``--delta-rule per-class``: 0.2 where dog's median GT-crop drop reaches 0.15, else the
+    grid's δ below 0.2 whose refined CorLoc no other beats (a smaller one: not even ties)."""
+    from cutbg_env.world import CutWorld
+
+    calib = calibrate(CalibrateArgs(classes="dog", delta_rule="per-class"))
+    val = calib["validation"]["dog"]
     context = val["gt_drop_median"] >= 0.15
     assert val["needs_context"] is context
     candidates = [0.2] if context else [0.02, 0.05, 0.1]
     delta = calib["delta"]["dog"]
     assert delta in candidates
+    assert calib["rule"]["delta"].startswith("0.2 where the median score drop at the GT crops")
     world = CutWorld("animals", "trainval", "dog")
     images = validation_images(world)
     truth = validation_truth(world, images)
-
-    def best_at(d: float) -> tuple[float, tuple]:
-        crops = {i: g.crop for i, g in zip(images, greedy_cut(world, images, d), strict=True)}
-        scores = refinement_scores(world, crops, truth)
-        top = best_setting({(0.0, *k): v for k, v in scores.items()})[1:]
-        return scores[top], top
-
-    chosen, setting = best_at(delta)
-    assert setting == (
-        calib["heatmap_layer"]["dog"],
-        calib["heatmap_region"]["dog"],
-        calib["heatmap_threshold"]["dog"],
-    )
-    assert 100 * chosen == pytest.approx(val["refined_corloc"])
-    # every setting's hits at the chosen δ are stored, and they pool into the dataset's setting
-    crops = {i: g.crop for i, g in zip(images, greedy_cut(world, images, delta), strict=True)}
-    scores = refinement_scores(world, crops, truth)
-    hits = {setting_key(k): round(v * len(images)) for k, v in scores.items()}
-    assert calib["refinement_hits"]["dog"] == hits and len(hits) == 54
-    assert hits[setting_key(setting)] == round(chosen * val["images"])
-    assert dataset_setting(calib) == pooled_setting(calib["refinement_hits"].values())
+    chosen = _check_refinement(calib, world, images, truth)
     for d in candidates:
-        other, _ = best_at(d)
+        scores = refinement_scores(world, _greedy_crops(world, images, d), truth)
+        other = max(scores.values())
         assert other < chosen if d < delta else other <= chosen, d
 
 
@@ -530,7 +591,9 @@ def test_calibrate_writes_the_asked_classes_and_keeps_the_others(own_runs: Path)
     stored["heatmap_threshold"]["cat"] = 0.7
     path.write_text(json.dumps(stored))
     # every median drop is ≥ -1: each class takes the context δ
-    result = calibrate(CalibrateArgs(classes="zebra", drop_split=-1.0, context_delta=0.07))
+    result = calibrate(
+        CalibrateArgs(classes="zebra", drop_split=-1.0, context_delta=0.07, delta_rule="per-class")
+    )
     saved = json.loads(path.read_text())
     assert saved == result
     assert saved["delta"] == {"dog": stored["delta"]["dog"], "cat": 0.42, "zebra": 0.07}
@@ -551,7 +614,11 @@ def test_calibrate_writes_the_asked_classes_and_keeps_the_others(own_runs: Path)
     assert saved["rule"]["delta"].startswith("0.07 where the median score drop at the GT crops")
     assert saved["rule"]["subset"] == "5% of trainval, seed 0"
     # a class without a validation image keeps its stored values (here: none)
-    again = calibrate(CalibrateArgs(classes="cat,zebra", drop_split=-1.0, context_delta=0.3))
+    again = calibrate(
+        CalibrateArgs(
+            classes="cat,zebra", drop_split=-1.0, context_delta=0.3, delta_rule="per-class"
+        )
+    )
     assert again["delta"] == {"dog": stored["delta"]["dog"], "cat": 0.42, "zebra": 0.3}
 
 

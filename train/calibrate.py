@@ -2,7 +2,15 @@
 
 The only place boxes are used in training (as in the paper): a seeded ≤ 5% subset of trainval.
 
-Rule (per class), for δ and the refinement's heat-map layer, region rule and threshold:
+Rule for δ (``--delta-rule pooled``, the default): one δ for the dataset, the δ of the grid
+:data:`DELTAS` at which greedy cutting (the reward's own policy, which the agent learns) hits
+the most validation images of all the calibrated classes together (~180 images on the embedded
+set; ties: the smaller δ). Why (docs/experiments.md, 2026-12-07): on a classifier trained on
+pseudo-box crops (:mod:`train.pseudo`) background cuts are nearly free, so the per-class rule
+below gives 0.02 to most classes, where greedy cutting stops early (horse 14.5 test CorLoc
+against 28.9 at 0.1), while the pooled count of greedy hits peaks where the test's does.
+
+Rule ``per-class`` (the default before 2026-12-07, for classifiers whose background cuts cost):
 
 * The *context test*: crop each validation image's mid-level map to the grid cells of its
   ground-truth box (where an ideal agent ends) and take the median score drop ``p̄ − p̂`` there.
@@ -13,6 +21,8 @@ Rule (per class), for δ and the refinement's heat-map layer, region rule and th
   validation images at each, its boxes are refined with the heat-map of their crop for every
   layer, region rule (:data:`~cutbg_env.refine.HEATMAP_REGIONS`) and threshold in the grid, and
   the δ with the highest refined CorLoc is kept (ties: the smaller δ).
+Either way, for the refinement's heat-map layer, region rule and threshold:
+
 * At the class's δ, the best setting (ties: lower threshold, then the mid-level layer, then the
   peak region) and every setting's hit count (``refinement_hits``) are stored: evaluation pools
   the hits over all calibrated classes into the dataset's one refinement setting
@@ -25,6 +35,7 @@ a small δ and 0.2, while the median drop sorted every class whose agents were t
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +77,10 @@ class CalibrateArgs(StageArgs):
     """Smallest δ of the grid the other classes choose from (up to ``context_delta``)."""
     seed: int = VALIDATION_SEED
     """Seed of the validation subset."""
+    delta_rule: str = "pooled"
+    """``pooled``: one δ for the calibrated classes, the grid's δ with the most greedy-cut
+    validation hits over all of them; ``per-class``: the context test, else each class's best
+    refined CorLoc (the module docstring)."""
 
     def __post_init__(self) -> None:
         """Check every value (one line naming the flag, the value and the allowed range)."""
@@ -79,12 +94,16 @@ class CalibrateArgs(StageArgs):
             f"[{self.min_delta:g}, --context-delta {self.context_delta:g}); lower --min-delta",
         )
         checks.integer("--seed", self.seed, 0)
+        checks.choice("--delta-rule", self.delta_rule, DELTA_RULES)
         checks.names("--classes", self.classes)
         super().__post_init__()
 
 
 DELTAS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
-"""The δ grid; classes below ``drop_split`` choose from its values under ``context_delta``."""
+"""The δ grid: the pooled rule chooses from all of it; with the per-class rule, classes below
+``drop_split`` choose from its values under ``context_delta``."""
+DELTA_RULES = ("pooled", "per-class")
+"""The values of ``--delta-rule``."""
 
 
 def small_deltas(lo: float, context_delta: float) -> list[float]:
@@ -96,6 +115,38 @@ def needs_context(drops: np.ndarray, split: float) -> bool:
     """The context test: the median score drop at the GT crops reaches ``split`` (no drops: no)."""
     drops = np.asarray(drops, dtype=np.float64)
     return bool(drops.size) and float(np.median(drops)) >= split
+
+
+def pooled_delta(hits: Iterable[Mapping[float, int]]) -> float:
+    """The δ with the most greedy-cut hits summed over classes (per class ``{δ: hits}``; a δ
+    missing from a table counts 0 there); ties go to the smaller δ."""
+    total: dict[float, int] = {}
+    for table in hits:
+        for delta, n in table.items():
+            total[float(delta)] = total.get(float(delta), 0) + int(n)
+    if not total:
+        raise ValueError("pooled_delta: no greedy-cut hits to pool")
+    return max(total, key=lambda d: (total[d], -d))
+
+
+@dataclass
+class _Validation:
+    """One class's validation images and what the δ rules need of them."""
+
+    world: CutWorld
+    images: list[int]
+    gt: dict[int, list]
+    size: dict[int, tuple[int, int]]
+    drops: np.ndarray
+    crops: dict[float, dict[int, tuple[int, int, int, int]]]
+    """Greedy cutting's crop per δ of the grid and image."""
+
+    def hits(self, delta: float) -> int:
+        """Validation images whose greedy-cut box at ``delta`` is a CorLoc hit."""
+        return sum(
+            corloc_hit(crop_to_box(self.crops[delta][i], *self.size[i]), self.gt[i])
+            for i in self.images
+        )
 
 
 def calibrate(args: CalibrateArgs) -> dict:
@@ -111,6 +162,7 @@ def calibrate(args: CalibrateArgs) -> dict:
     digest = file_sha256(ckpt)
     load_calibration(args.dataset)  # a corrupt file is named now, not after the whole stage
     calib: dict[str, dict] = {key: {} for key in CALIBRATION_TABLES}
+    found: dict[str, _Validation] = {}
     for c in classes:
         world = CutWorld(
             args.dataset, train_split, c, root=args.root, device=args.device, model=model, data=data
@@ -126,34 +178,48 @@ def calibrate(args: CalibrateArgs) -> dict:
         _, p_full = world.full(images)
         _, p_gt = world.score_crops(mids[[j for j, _ in rows]], np.asarray([cr for _, cr in rows]))
         drops = np.asarray([p_full[j] - p for (j, _), p in zip(rows, p_gt, strict=True)])
-        context = needs_context(drops, args.drop_split)
-        candidates = (
-            [args.context_delta] if context else small_deltas(args.min_delta, args.context_delta)
-        )
-        scores: dict[tuple[float, str, str, float], float] = {}
-        greedy_hits: dict[float, float] = {}
-        for delta in candidates:
-            greedy = greedy_cut(world, images, delta)
-            crops = {i: g.crop for i, g in zip(images, greedy, strict=True)}
-            greedy_hits[delta] = float(
-                np.mean([corloc_hit(crop_to_box(crops[i], *size[i]), gt[i]) for i in images])
+        crops = {
+            float(d): {i: g.crop for i, g in zip(images, greedy_cut(world, images, d), strict=True)}
+            for d in sorted({*DELTAS, args.context_delta})
+        }
+        found[c] = _Validation(world, images, gt, size, drops, crops)
+    pooled = (
+        pooled_delta({d: v.hits(d) for d in DELTAS} for v in found.values())
+        if found and args.delta_rule == "pooled"
+        else None
+    )
+    for c, v in found.items():
+        context = needs_context(v.drops, args.drop_split)
+        if pooled is not None:
+            candidates = [pooled]
+        else:
+            candidates = (
+                [args.context_delta]
+                if context
+                else small_deltas(args.min_delta, args.context_delta)
             )
-            for (layer, region, t), v in refinement_scores(world, crops, gt).items():
-                scores[(delta, layer, region, t)] = v
+        scores: dict[tuple[float, str, str, float], float] = {}
+        for delta in candidates:
+            for (layer, region, t), value in refinement_scores(
+                v.world, v.crops[delta], v.gt
+            ).items():
+                scores[(delta, layer, region, t)] = value
         delta, layer, region, thr = best_setting(scores)
+        images, size, gt = v.images, v.size, v.gt
         calib["delta"][c] = delta
         calib["heatmap_layer"][c] = layer
         calib["heatmap_region"][c] = region
         calib["heatmap_threshold"][c] = thr
         calib["classifier"][c] = digest
         calib["refinement_hits"][c] = hit_counts(
-            {k[1:]: v for k, v in scores.items() if k[0] == delta}, len(images)
+            {k[1:]: val for k, val in scores.items() if k[0] == delta}, len(images)
         )
         calib["validation"][c] = {
             "images": len(images),
-            "gt_drop_median": float(np.median(drops)),
+            "gt_drop_median": float(np.median(v.drops)),
             "needs_context": context,
-            "greedy_corloc": 100 * greedy_hits[delta],
+            "greedy_corloc": 100 * v.hits(delta) / len(images),
+            "greedy_hits": {f"{d:g}": v.hits(d) for d in DELTAS},
             "refined_corloc": 100 * scores[(delta, layer, region, thr)],
             "full_image_corloc": 100
             * float(np.mean([corloc_hit(crop_to_box(FULL_CROP, *size[i]), gt[i]) for i in images])),
@@ -163,10 +229,17 @@ def calibrate(args: CalibrateArgs) -> dict:
             f"(greedy CorLoc {calib['validation'][c]['greedy_corloc']:.0f} → refined "
             f"{calib['validation'][c]['refined_corloc']:.0f} on {len(images)} images)"
         )
-    calib["rule"] = {
-        "delta": f"{args.context_delta:g} where the median score drop at the GT crops is "
+    per_class = (
+        f"{args.context_delta:g} where the median score drop at the GT crops is "
         f"≥ {args.drop_split:g}, else the best refined CorLoc of greedy cutting over "
-        f"{small_deltas(args.min_delta, args.context_delta)}",
+        f"{small_deltas(args.min_delta, args.context_delta)}"
+    )
+    pooled_rule = (
+        f"one δ for the {len(found)} classes calibrated together: the most greedy-cut hits "
+        f"over their validation images, of {list(DELTAS)}"
+    )
+    calib["rule"] = {
+        "delta": pooled_rule if pooled is not None else per_class,
         "refinement": "evaluation: the best summed refinement_hits over the calibrated classes",
         "subset": f"{args.fraction:.0%} of {train_split}, seed {args.seed}",
     }

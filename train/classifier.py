@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,36 +33,49 @@ from cutbg_env.backbone import (
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import VOCDataset, dataset_splits, open_split
 from cutbg_env.errors import CheckpointError, DataError
+from cutbg_env.geometry import GRID
 from cutbg_env.io import log, relpath, write_json
 from cutbg_env.metrics import classification_ap
+from cutbg_env.refine import parse_setting
 from train.common import seed_everything
+from train.pseudo import PseudoBoxes, move_crop, pseudo_boxes, pseudo_crop_batch
 
-RECIPE_MINUTES = (30.0, 4.0)
+RECIPE_MINUTES = (30.0, 4.0, 4.0)
 """The shipped checkpoint's recipe (``cutbg_env/assets/animals-classifier.json``): minutes from
-scratch, then minutes of CutMix fine-tuning. ``--minutes`` is split in these proportions."""
+scratch, of CutMix fine-tuning, then of pseudo-box crops (:mod:`train.pseudo`). ``--minutes`` is
+split in these proportions."""
 
 
 @dataclass(frozen=True)
 class ClassifierArgs(StageArgs):
     """Train the multi-label classifier that the env and the agent use (it is written to
     ``--checkpoint``, default runs/<dataset>/classifier.pt, what it did to the ``.json`` beside it).
-    The defaults are the shipped checkpoint's recipe: 30 minutes from scratch, then a 4-minute
-    CutMix fine-tune at a quarter of the learning rate."""
+    The defaults are the shipped checkpoint's recipe: 30 minutes from scratch, a 4-minute
+    CutMix fine-tune at a quarter of the learning rate, then 4 minutes on crops of pseudo-boxes
+    at the same rate (:mod:`train.pseudo`)."""
 
     checkpoint: str | None = None
     """Where the classifier is written (default: runs/<dataset>/classifier.pt)."""
     minutes: float = sum(RECIPE_MINUTES)
     """Wall-clock budget of the whole recipe in minutes (loading, both stages, their test-set
-    AP), split between the stages by ``--finetune-share``; each stage's learning rate follows a
-    cosine over its part."""
+    AP), split between the stages by ``--finetune-share`` and ``--pseudo-share``; each stage's
+    learning rate follows a cosine over its part."""
     steps: int = 0
-    """Optimisation steps of the whole recipe, split between the stages by ``--finetune-share``
+    """Optimisation steps of the whole recipe, split between the stages as ``--minutes`` is
     (0 = the time budget alone decides). A stage then stops after its steps and its cosine follows
     them, so a rerun takes the same steps on any machine (and gives the same weights with the same
     torch build and ``--threads``); ``--minutes`` still caps each stage."""
     finetune_share: float = RECIPE_MINUTES[1] / sum(RECIPE_MINUTES)
-    """Share of ``--minutes`` (and of ``--steps``) given to the CutMix fine-tune stage (0 = the
-    first stage only)."""
+    """Share of ``--minutes`` (and of ``--steps``) given to the CutMix fine-tune stage (0 = no
+    such stage)."""
+    pseudo_share: float = RECIPE_MINUTES[2] / sum(RECIPE_MINUTES)
+    """Share of ``--minutes`` (and of ``--steps``) given to the last stage, crops of pseudo-boxes
+    (0 = no such stage); it includes finding the pseudo-boxes. The first stage gets the rest
+    (none is allowed with ``--init``: the later stages then continue that checkpoint)."""
+    pseudo_cut: float = 0.5
+    """Probability that a pseudo-box crop cuts into its pseudo-box (else it keeps all of it)."""
+    pseudo_setting: str = "mid/drop/0.3"
+    """Heat-map setting (layer/region/threshold) of the pseudo-boxes: the ``heatmap`` baseline's."""
     finetune_cutmix: float = 0.8
     """CutMix probability of the fine-tune stage."""
     finetune_lr: float | None = None
@@ -100,14 +114,15 @@ class ClassifierArgs(StageArgs):
         """Check every value (one line naming the flag, the value and the allowed range)."""
         checks.positive("--minutes", self.minutes)
         checks.integer("--steps", self.steps, 0)
-        checks.real(
-            "--finetune-share",
-            self.finetune_share,
-            0.0,
-            1.0,
-            hi_open=True,
-            note="0 = no fine-tune stage",
-        )
+        checks.real("--finetune-share", self.finetune_share, 0.0, 1.0, note="0 = no such stage")
+        checks.real("--pseudo-share", self.pseudo_share, 0.0, 1.0, note="0 = no such stage")
+        checks.real("--pseudo-cut", self.pseudo_cut, 0.0, 1.0)
+        try:
+            parse_setting(self.pseudo_setting)
+            bad = ""
+        except ValueError as exc:
+            bad = str(exc)
+        checks.rule(not bad, f"--pseudo-setting: {bad}")
         checks.real("--finetune-cutmix", self.finetune_cutmix, 0.0, 1.0)
         checks.positive("--finetune-lr", self.finetune_lr)
         checks.integer("--max-epochs", self.max_epochs, 1)
@@ -119,12 +134,21 @@ class ClassifierArgs(StageArgs):
         checks.real("--cutmix", self.cutmix, 0.0, 1.0)
         checks.integer("--seed", self.seed, 0)
         checks.integer("--threads", self.threads, 0)
+        first = 1.0 - self.finetune_share - self.pseudo_share
+        checks.rule(
+            first > 1e-9 or (self.init is not None and first > -1e-9),
+            f"--finetune-share {self.finetune_share:g} + --pseudo-share {self.pseudo_share:g} "
+            "leave the first stage no time: their sum must be below 1 (or at most 1 with --init)",
+        )
+        shares = self.shares()
         checks.rule(
             not self.steps
-            or self.finetune_share == 0
-            or min(split_steps(self.steps, self.finetune_share)) > 0,
+            or all(
+                n > 0 for n, f in zip(split_steps(self.steps, shares), shares, strict=True) if f
+            ),
             f"--steps {self.steps}: leaves a stage no step at --finetune-share "
-            f"{self.finetune_share:g}; give more steps or --finetune-share 0 (one stage)",
+            f"{self.finetune_share:g} and --pseudo-share {self.pseudo_share:g}; give more steps "
+            "or set a share to 0 (no such stage)",
         )
         super().__post_init__()
 
@@ -139,24 +163,30 @@ class ClassifierArgs(StageArgs):
         the shipped classifier, which the other stages fall back to)."""
         return Path(self.checkpoint) if self.checkpoint else paths.classifier_path(self.dataset)
 
+    def shares(self) -> tuple[float, float, float]:
+        """Shares of the budget of the first, CutMix fine-tune and pseudo-box stages."""
+        first = max(1.0 - self.finetune_share - self.pseudo_share, 0.0)
+        return (first, self.finetune_share, self.pseudo_share)
+
     def stages(self) -> list[Stage]:
         """The recipe's stages with their minutes and steps (:func:`split_minutes`,
-        :func:`split_steps`)."""
-        first, second = split_minutes(self.minutes, self.finetune_share)
-        steps = split_steps(self.steps, self.finetune_share)  # (0, 0) without --steps
+        :func:`split_steps`); a stage with no share is left out."""
+        shares = self.shares()
+        minutes = split_minutes(self.minutes, shares)
+        steps = split_steps(self.steps, shares)  # zeros without --steps
         lr = (
             self.lr
             if self.lr is not None
             else (1e-4 if self.backbone().width_divisor == 1 else 2e-3)
         )
+        ft_lr = self.finetune_lr if self.finetune_lr is not None else lr / 4
         name = "scratch" if self.init is None else "init"
-        out = [Stage(name, first, steps[0], lr, self.cutmix, self.init)]
-        if second > 0:
-            ft_lr = self.finetune_lr if self.finetune_lr is not None else lr / 4
-            out.append(
-                Stage("cutmix_finetune", second, steps[1], ft_lr, self.finetune_cutmix, None)
-            )
-        return out
+        out = [
+            Stage(name, minutes[0], steps[0], lr, self.cutmix, False),
+            Stage("cutmix_finetune", minutes[1], steps[1], ft_lr, self.finetune_cutmix, False),
+            Stage("pseudo_crops", minutes[2], steps[2], ft_lr, 0.0, True),
+        ]
+        return [stage for stage, share in zip(out, shares, strict=True) if share > 0]
 
 
 @dataclass(frozen=True)
@@ -164,7 +194,8 @@ class Stage:
     """One training stage of the recipe."""
 
     name: str
-    """``scratch`` (fresh network), ``init`` (from ``--init``) or ``cutmix_finetune``."""
+    """``scratch`` (fresh network), ``init`` (from ``--init``), ``cutmix_finetune`` or
+    ``pseudo_crops``."""
     minutes: float
     """Its part of the time budget."""
     step_budget: int
@@ -173,22 +204,22 @@ class Stage:
     """Peak AdamW learning rate."""
     cutmix: float
     """CutMix probability."""
-    init: str | None
-    """Checkpoint the first stage starts from (later stages continue the previous one)."""
+    pseudo: bool
+    """Train on crops of pseudo-boxes (:mod:`train.pseudo`) instead of whole maps."""
 
 
-def split_minutes(minutes: float, finetune_share: float) -> tuple[float, float]:
-    """``(first, fine-tune)`` minutes of a ``minutes`` budget, the fine-tune taking
-    ``finetune_share`` of it (both checked by :class:`ClassifierArgs`)."""
-    second = minutes * finetune_share
-    return minutes - second, second
+def split_minutes(minutes: float, shares: Sequence[float]) -> list[float]:
+    """Minutes of each stage of a ``minutes`` budget: the later stages take their ``shares``,
+    the first one the rest (shares checked by :class:`ClassifierArgs`)."""
+    later = [minutes * f for f in shares[1:]]
+    return [minutes - sum(later), *later]
 
 
-def split_steps(steps: int, finetune_share: float) -> tuple[int, int]:
-    """``(first, fine-tune)`` steps of a ``steps`` budget, split as :func:`split_minutes`
-    splits minutes (the fine-tune's rounded)."""
-    second = round(steps * finetune_share)
-    return steps - second, second
+def split_steps(steps: int, shares: Sequence[float]) -> list[int]:
+    """Steps of each stage of a ``steps`` budget, split as :func:`split_minutes` splits minutes
+    (the later stages' rounded, the first one the rest)."""
+    later = [round(steps * f) for f in shares[1:]]
+    return [steps - sum(later), *later]
 
 
 EVAL_RESERVE_S = 20.0
@@ -203,13 +234,16 @@ def _load_split(data: VOCDataset, size: int) -> tuple[torch.Tensor, torch.Tensor
     return images, torch.from_numpy(data.labels), torch.from_numpy(data.label_mask)
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and small translations of a float image batch."""
+def _augment(
+    x: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """Random horizontal flips and a small translation of a float image batch ``(N, 3, S, S)``:
+    ``(images, flipped (N,) bool, (dy, dx) shift in pixels)``."""
     n, _, s, _ = x.shape
     flip = torch.rand(n, generator=gen) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    shift = torch.randint(-s // 16, s // 16 + 1, (2,), generator=gen).tolist()
-    return torch.roll(x, shifts=(shift[0], shift[1]), dims=(2, 3))
+    dy, dx = torch.randint(-s // 16, s // 16 + 1, (2,), generator=gen).tolist()
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3)), flip, (dy, dx)
 
 
 def _add_empty(
@@ -311,10 +345,13 @@ def _fit(
     train_until: float,
     writer: SummaryWriter,
     step0: int,
+    boxes: PseudoBoxes | None = None,
 ) -> dict:
     """Train ``model`` in place for one stage until its steps (``stage.step_budget``, when set), the
     monotonic time ``train_until`` or ``max_epochs``, whichever comes first; the learning rate
-    follows a cosine from ``stage.lr`` over the stage's steps, else over its time."""
+    follows a cosine from ``stage.lr`` over the stage's steps, else over its time. A pseudo-box
+    stage (``stage.pseudo``) crops each mid-level map around one of its ``boxes``
+    (:func:`train.pseudo.pseudo_crop_batch`)."""
     images, labels, mask = data
     seed_everything(args.seed, args.threads)
     gen = torch.Generator().manual_seed(args.seed)
@@ -340,11 +377,16 @@ def _fit(
             for group in opt.param_groups:
                 group["lr"] = stage.lr * 0.5 * (1 + math.cos(math.pi * part))
             idx = order[b : b + args.batch_size]
-            x = _augment(images[idx].float().div_(255), gen).to(args.device)
-            x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[idx].to(args.device) * (1 - eps) + eps / 2
-            w = mask[idx].to(args.device)
+            x, flip, shift = _augment(images[idx].float().div_(255), gen)
+            x = x.to(args.device).contiguous(memory_format=torch.channels_last)
+            y = labels[idx] * (1 - eps) + eps / 2
+            w = mask[idx]
+            if stage.pseudo:
+                keep, y, w = _pseudo_keep(boxes or {}, idx, labels, flip, shift, x, y, w, gen, args)
+            y, w = y.to(args.device), w.to(args.device)
             mid = model.lower(x)
+            if stage.pseudo:
+                mid = mid * keep.to(device=mid.device, dtype=mid.dtype)
             if stage.cutmix > 0 and torch.rand(1, generator=gen).item() < stage.cutmix:
                 mid, y, w = _cutmix(mid, y, w, gen)
             mid, y, w = _add_empty(mid, y, w, args.empty_negatives, eps / 2)
@@ -371,6 +413,55 @@ def _fit(
             "(raise --minutes for a run that repeats on any machine)"
         )
     return {"steps": step, "epochs": epoch + 1, "seconds": round(time.monotonic() - start, 1)}
+
+
+def _pseudo_keep(
+    boxes: PseudoBoxes,
+    idx: torch.Tensor,
+    labels: torch.Tensor,
+    flip: torch.Tensor,
+    shift: tuple[int, int],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    gen: torch.Generator,
+    args: ClassifierArgs,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep masks, targets and weights of a pseudo-box batch: each image's pseudo-boxes moved
+    as :func:`_augment` moved the image (its pixel shift rounded to grid cells)."""
+    grid = GRID
+    cell = x.shape[-1] / grid
+    cells = (round(shift[0] / cell), round(shift[1] / cell))
+    moved = []
+    for r, i in enumerate(idx.tolist()):
+        bx = {}
+        for k, crop in boxes.get(i, {}).items():
+            m = move_crop(crop, bool(flip[r]), cells, grid)
+            if m is not None:
+                bx[k] = m
+        moved.append(bx)
+    eps = args.label_smoothing
+    return pseudo_crop_batch(moved, labels[idx], y, w, args.pseudo_cut, gen, eps / 2, 1 - eps / 2)
+
+
+def _find_pseudo_boxes(
+    model: Classifier, args: ClassifierArgs, splits: list[VOCDataset]
+) -> tuple[PseudoBoxes, dict]:
+    """The pseudo-boxes of every training image (indices run on across ``splits``, as the
+    training tensors do) and what finding them took."""
+    start = time.monotonic()
+    setting = parse_setting(args.pseudo_setting)
+    boxes: PseudoBoxes = {}
+    offset = 0
+    for k, split in enumerate(splits):
+        name = args.dataset if k == 0 else "voc2012"
+        root = args.root if k == 0 else None
+        found = pseudo_boxes(model, split, name, setting, args.device, root)
+        boxes.update({offset + i: b for i, b in found.items()})
+        offset += len(split)
+    seconds = round(time.monotonic() - start, 1)
+    log(f"classifier: pseudo-boxes of {len(boxes)} images ({args.pseudo_setting}) in {seconds} s")
+    return boxes, {"pseudo_box_images": len(boxes), "pseudo_box_seconds": seconds}
 
 
 def training_seconds(left: float, stages: list[Stage], minutes: float) -> list[float]:
@@ -442,7 +533,11 @@ def _train_classifier(args: ClassifierArgs, ckpt: Path, t_enter: float) -> Path:
     # what loading left of the budget, less each stage's test-set AP, in the stages' proportions
     left = t_enter + args.minutes * 60.0 - time.monotonic() - EVAL_RESERVE_S * len(stages)
     for stage, seconds in zip(stages, training_seconds(left, stages, args.minutes), strict=True):
-        stats = _fit(model, stage, args, data, time.monotonic() + seconds, writer, step)
+        until = time.monotonic() + seconds  # finding the pseudo-boxes is part of the stage
+        boxes, box_stats = (
+            _find_pseudo_boxes(model, args, [train, *extra]) if stage.pseudo else (None, {})
+        )
+        stats = _fit(model, stage, args, data, until, writer, step, boxes) | box_stats
         step += stats["steps"]
         ap, m_ap = _test_ap(model, test, test_data, args.device)
         writer.add_scalar(f"classifier/test_map_{stage.name}", m_ap, step)

@@ -1,0 +1,127 @@
+"""The classifier's pseudo-box stage (train.pseudo): crops, moves, shares and targets."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from cutbg_env.errors import OptionError
+from train.classifier import ClassifierArgs, _augment, _pseudo_keep
+from train.pseudo import kept_share, move_crop, pseudo_crop_batch, sample_crop
+
+
+def test_move_crop_flips_then_shifts_and_clips() -> None:
+    assert move_crop((2, 3, 5, 7), False, (0, 0), 10) == (2, 3, 5, 7)
+    assert move_crop((2, 3, 5, 7), True, (0, 0), 10) == (5, 3, 8, 7)  # x ↦ 10 - x
+    assert move_crop((2, 3, 5, 7), True, (1, -6), 10) == (0, 4, 2, 8)  # clipped at the left
+    assert move_crop((2, 3, 5, 7), False, (5, 0), 10) == (2, 8, 5, 10)  # clipped at the bottom
+    assert move_crop((0, 0, 2, 2), False, (0, -3), 10) is None  # moved off the map
+    assert move_crop((0, 0, 2, 2), True, (0, 8), 10) is None
+
+
+def test_kept_share_counts_the_box_cells_inside_the_crop() -> None:
+    assert kept_share((2, 2, 6, 4), (3, 0, 10, 10)) == 0.75  # 3 of 4 columns, both rows
+    assert kept_share((2, 2, 6, 4), (0, 0, 10, 10)) == 1.0
+    assert kept_share((2, 2, 6, 4), (6, 0, 10, 10)) == 0.0  # touching, not overlapping
+    assert kept_share((2, 2, 6, 4), (2, 3, 4, 4)) == 0.25
+
+
+def test_sample_crop_holds_the_box_or_cuts_one_side_into_it() -> None:
+    gen = torch.Generator().manual_seed(0)
+    box = (4, 6, 12, 10)  # 8 wide, 4 high
+    for _ in range(200):
+        x0, y0, x1, y1 = sample_crop(box, 0.0, gen, grid=16)
+        assert 0 <= x0 <= 4 and 0 <= y0 <= 6 and 12 <= x1 <= 16 and 10 <= y1 <= 16
+    depths = {0: set(), 1: set(), 2: set(), 3: set()}
+    for _ in range(400):
+        crop = sample_crop(box, 1.0, gen, grid=16)
+        inside = [crop[0] - box[0], crop[1] - box[1], box[2] - crop[2], box[3] - crop[3]]
+        (side,) = [k for k, d in enumerate(inside) if d > 0]  # exactly one side cuts in
+        assert all(d <= 0 for k, d in enumerate(inside) if k != side)
+        depths[side].add(inside[side])
+    # 1 … half the box's side: 4 columns from the left or right, 2 rows from the top or bottom
+    assert depths == {0: {1, 2, 3, 4}, 1: {1, 2}, 2: {1, 2, 3, 4}, 3: {1, 2}}
+
+
+def test_sample_crop_is_seeded() -> None:
+    draws = [
+        [sample_crop((3, 3, 9, 9), 0.5, g, 12) for _ in range(20)]
+        for g in (torch.Generator().manual_seed(7), torch.Generator().manual_seed(7))
+    ]
+    assert draws[0] == draws[1]
+
+
+def test_pseudo_crop_batch_scales_positive_targets_by_the_kept_share() -> None:
+    neg, pos = 0.05, 0.95
+    labels = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    y = labels * 0.9 + 0.05
+    w = torch.ones(3, 3)
+    boxes = [{0: (1, 1, 3, 3)}, {}, {2: (0, 0, 4, 2)}]
+    gen = torch.Generator().manual_seed(0)
+    keep, y2, w2 = pseudo_crop_batch(boxes, labels, y, w, 1.0, gen, neg, pos, grid=4)
+    assert keep.shape == (3, 1, 4, 4)
+    # image 0: class 0's box, cut into; class 1 is positive without a box: out of the loss
+    share0 = float(keep[0, 0, 1:3, 1:3].mean())
+    assert 0.0 < share0 < 1.0
+    assert y2[0, 0].item() == pytest.approx(pos * share0 + neg * (1 - share0))
+    assert w2[0].tolist() == [1.0, 0.0, 1.0] and y2[0, 2].item() == pytest.approx(neg)
+    # image 1: no pseudo-box: the whole map and its targets
+    assert torch.equal(keep[1], torch.ones(1, 4, 4)) and torch.equal(y2[1], y[1])
+    share2 = float(keep[2, 0, 0:2, 0:4].mean())
+    assert y2[2, 2].item() == pytest.approx(pos * share2 + neg * (1 - share2))
+    assert torch.equal(w, torch.ones(3, 3)) and torch.equal(y, labels * 0.9 + 0.05)  # copies
+    # cut 0: every crop keeps all of its box, so every boxed positive keeps its full target
+    keep, y3, _ = pseudo_crop_batch(boxes, labels, y, w, 0.0, gen, neg, pos, grid=4)
+    assert torch.all(keep[0, 0, 1:3, 1:3] == 1) and y3[0, 0].item() == pytest.approx(pos)
+    assert torch.all(keep[2, 0, 0:2, 0:4] == 1) and y3[2, 2].item() == pytest.approx(pos)
+
+
+def test_pseudo_boxes_follow_the_augmentation() -> None:
+    """A batch's pseudo-boxes move with its images: flipped and shifted by whole cells."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.zeros(4, 3, 112, 112)
+    _, flip, shift = _augment(x.clone(), torch.Generator().manual_seed(3))
+    labels = torch.ones(4, 1)
+    boxes = {i: {0: (4, 4, 12, 20)} for i in range(4)}
+    keep, y, _ = _pseudo_keep(
+        boxes,
+        torch.arange(4),
+        labels,
+        flip,
+        shift,
+        x,
+        labels.clone(),
+        labels.clone(),
+        gen,
+        ClassifierArgs(pseudo_cut=0.0),
+    )
+    for r in range(4):
+        moved = move_crop((4, 4, 12, 20), bool(flip[r]), (round(shift[0] / 4), round(shift[1] / 4)))
+        assert moved is not None
+        x0, y0, x1, y1 = moved
+        assert torch.all(keep[r, 0, y0:y1, x0:x1] == 1)  # the moved box is kept whole
+        assert y[r, 0].item() == pytest.approx(0.95)
+
+
+def test_pseudo_stage_shares_and_bad_values() -> None:
+    stages = ClassifierArgs().stages()
+    assert [s.name for s in stages] == ["scratch", "cutmix_finetune", "pseudo_crops"]
+    assert [s.minutes for s in stages] == pytest.approx([30.0, 4.0, 4.0])
+    assert [s.pseudo for s in stages] == [False, False, True]
+    assert (stages[2].lr, stages[2].cutmix) == (5e-4, 0.0)
+    # with --init, the later stages may take the whole budget
+    (only,) = ClassifierArgs(init="a.pt", finetune_share=0.0, pseudo_share=1.0).stages()
+    assert (only.name, only.minutes, only.pseudo) == ("pseudo_crops", 38.0, True)
+    message = (
+        "--finetune-share 0.5 + --pseudo-share 0.5 leave the first stage no time: their sum "
+        "must be below 1 (or at most 1 with --init)"
+    )
+    with pytest.raises(OptionError, match=f"^{re.escape(message)}$"):
+        ClassifierArgs(finetune_share=0.5, pseudo_share=0.5)
+    message = "--pseudo-setting: refinement setting 'mid/drop': expected 'layer/region/threshold'"
+    with pytest.raises(OptionError, match=f"^{re.escape(message)}$"):
+        ClassifierArgs(pseudo_setting="mid/drop")
+    with pytest.raises(OptionError, match=re.escape("--pseudo-cut 1.5: must be a finite number")):
+        ClassifierArgs(pseudo_cut=1.5)
