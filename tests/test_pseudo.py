@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cutbg_env.errors import OptionError
-from train.classifier import ClassifierArgs, _augment, _pseudo_keep
-from train.pseudo import kept_share, move_crop, pseudo_crop_batch, sample_crop
+from train.classifier import ClassifierArgs, _augment
+from train.pseudo import augmented_crops, kept_share, move_crop, pseudo_crop_batch, sample_crop
 
 
 def test_move_crop_flips_then_shifts_and_clips() -> None:
@@ -78,31 +78,55 @@ def test_pseudo_crop_batch_scales_positive_targets_by_the_kept_share() -> None:
     assert torch.all(keep[2, 0, 0:2, 0:4] == 1) and y3[2, 2].item() == pytest.approx(pos)
 
 
-def test_pseudo_boxes_follow_the_augmentation() -> None:
-    """A batch's pseudo-boxes move with its images: flipped and shifted by whole cells."""
-    gen = torch.Generator().manual_seed(3)
-    x = torch.zeros(4, 3, 112, 112)
-    _, flip, shift = _augment(x.clone(), torch.Generator().manual_seed(3))
-    labels = torch.ones(4, 1)
-    boxes = {i: {0: (4, 4, 12, 20)} for i in range(4)}
-    keep, y, _ = _pseudo_keep(
+def test_augment_reports_the_flips_and_the_shift_it_made() -> None:
+    x = torch.zeros(8, 1, 16, 16)
+    x[:, 0, 2, 3] = 1.0  # one marked pixel, row 2, column 3
+    out, flip, (dy, dx) = _augment(x, torch.Generator().manual_seed(5))
+    for r in range(8):
+        col = 15 - 3 if flip[r] else 3
+        (where,) = torch.nonzero(out[r, 0]).tolist()
+        assert where == [(2 + dy) % 16, (col + dx) % 16]
+
+
+def test_augmented_crops_move_the_boxes_with_their_images() -> None:
+    """A 112-pixel image's pseudo-boxes are flipped with it and shifted by its pixel shift
+    rounded to 4-pixel cells: (5, -9) pixels are (1, -2) cells."""
+    boxes = {7: {0: (4, 4, 12, 20)}, 9: {0: (4, 4, 12, 20)}}
+    labels = torch.zeros(10, 1)
+    labels[[7, 9]] = 1.0
+    y = torch.full((2, 1), 0.95)
+    keep, y2, w2 = augmented_crops(
         boxes,
-        torch.arange(4),
+        torch.tensor([7, 9]),
         labels,
-        flip,
-        shift,
-        x,
-        labels.clone(),
-        labels.clone(),
-        gen,
-        ClassifierArgs(pseudo_cut=0.0),
+        torch.tensor([False, True]),
+        (5, -9),
+        112,
+        y,
+        torch.ones(2, 1),
+        torch.Generator().manual_seed(0),
+        0.0,
+        0.1,
     )
-    for r in range(4):
-        moved = move_crop((4, 4, 12, 20), bool(flip[r]), (round(shift[0] / 4), round(shift[1] / 4)))
-        assert moved is not None
-        x0, y0, x1, y1 = moved
-        assert torch.all(keep[r, 0, y0:y1, x0:x1] == 1)  # the moved box is kept whole
-        assert y[r, 0].item() == pytest.approx(0.95)
+    for r, (x0, y0, x1, y1) in enumerate([(2, 5, 10, 21), (14, 5, 22, 21)]):
+        assert torch.all(keep[r, 0, y0:y1, x0:x1] == 1)  # the moved box, kept whole (cut 0)
+        assert y2[r, 0].item() == pytest.approx(0.95) and w2[r, 0].item() == 1.0
+    # its only box moved off the map: the image keeps its whole map and its targets
+    off = {7: {0: (0, 0, 1, 1)}}
+    keep, _, w3 = augmented_crops(
+        off,
+        torch.tensor([7]),
+        labels,
+        torch.tensor([False]),
+        (0, -9),
+        112,
+        y[:1],
+        torch.ones(1, 1),
+        torch.Generator().manual_seed(0),
+        0.0,
+        0.1,
+    )
+    assert torch.equal(keep[0], torch.ones(1, 28, 28)) and w3[0, 0].item() == 1.0
 
 
 def test_pseudo_stage_shares_and_bad_values() -> None:

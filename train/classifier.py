@@ -3,6 +3,10 @@
 VOC: VGG-16 from ``VGG16_Weights.IMAGENET1K_V1`` with one sigmoid output per class, fine-tuned on
 VOC2007 trainval (+ VOC2012 train when present). Embedded default: the 1/8-width VGG-16 trained
 from scratch on cluttered-animals trainval. Image-level labels only.
+
+The recipe's stages (from scratch or ``--init``, CutMix fine-tune, pseudo-box crops), their
+budget split and the record of what they did share one module (~560 lines); how pseudo-boxes are
+found and cropped is :mod:`train.pseudo`.
 """
 
 from __future__ import annotations
@@ -33,12 +37,11 @@ from cutbg_env.backbone import (
 from cutbg_env.cli import StageArgs
 from cutbg_env.data import VOCDataset, dataset_splits, open_split
 from cutbg_env.errors import CheckpointError, DataError
-from cutbg_env.geometry import GRID
 from cutbg_env.io import log, relpath, write_json
 from cutbg_env.metrics import classification_ap
 from cutbg_env.refine import parse_setting
 from train.common import seed_everything
-from train.pseudo import PseudoBoxes, move_crop, pseudo_boxes, pseudo_crop_batch
+from train.pseudo import PseudoBoxes, augmented_crops, pseudo_boxes
 
 RECIPE_MINUTES = (30.0, 4.0, 4.0)
 """The shipped checkpoint's recipe (``cutbg_env/assets/animals-classifier.json``): minutes from
@@ -382,7 +385,19 @@ def _fit(
             y = labels[idx] * (1 - eps) + eps / 2
             w = mask[idx]
             if stage.pseudo:
-                keep, y, w = _pseudo_keep(boxes or {}, idx, labels, flip, shift, x, y, w, gen, args)
+                keep, y, w = augmented_crops(
+                    boxes or {},
+                    idx,
+                    labels,
+                    flip,
+                    shift,
+                    x.shape[-1],
+                    y,
+                    w,
+                    gen,
+                    args.pseudo_cut,
+                    eps,
+                )
             y, w = y.to(args.device), w.to(args.device)
             mid = model.lower(x)
             if stage.pseudo:
@@ -413,35 +428,6 @@ def _fit(
             "(raise --minutes for a run that repeats on any machine)"
         )
     return {"steps": step, "epochs": epoch + 1, "seconds": round(time.monotonic() - start, 1)}
-
-
-def _pseudo_keep(
-    boxes: PseudoBoxes,
-    idx: torch.Tensor,
-    labels: torch.Tensor,
-    flip: torch.Tensor,
-    shift: tuple[int, int],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    w: torch.Tensor,
-    gen: torch.Generator,
-    args: ClassifierArgs,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keep masks, targets and weights of a pseudo-box batch: each image's pseudo-boxes moved
-    as :func:`_augment` moved the image (its pixel shift rounded to grid cells)."""
-    grid = GRID
-    cell = x.shape[-1] / grid
-    cells = (round(shift[0] / cell), round(shift[1] / cell))
-    moved = []
-    for r, i in enumerate(idx.tolist()):
-        bx = {}
-        for k, crop in boxes.get(i, {}).items():
-            m = move_crop(crop, bool(flip[r]), cells, grid)
-            if m is not None:
-                bx[k] = m
-        moved.append(bx)
-    eps = args.label_smoothing
-    return pseudo_crop_batch(moved, labels[idx], y, w, args.pseudo_cut, gen, eps / 2, 1 - eps / 2)
 
 
 def _find_pseudo_boxes(

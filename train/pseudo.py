@@ -150,3 +150,36 @@ def pseudo_crop_batch(
             else:
                 w[r, j] = 0.0
     return keep, y, w
+
+
+def augmented_crops(
+    boxes: PseudoBoxes,
+    idx: torch.Tensor,
+    labels: torch.Tensor,
+    flip: torch.Tensor,
+    shift: tuple[int, int],
+    size: int,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    gen: torch.Generator,
+    cut: float,
+    smoothing: float,
+    grid: int = GRID,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`pseudo_crop_batch` of the training images ``idx`` after their augmentation: each
+    image's pseudo-boxes flipped with it (``flip``, ``(N,)`` bool) and moved by its pixel
+    ``shift`` ``(dy, dx)`` rounded to cells of a ``size``-pixel image; targets smoothed by
+    ``smoothing`` (``ε/2`` … ``1-ε/2``)."""
+    cell = size / grid
+    cells = (round(shift[0] / cell), round(shift[1] / cell))
+    moved = []
+    for r, i in enumerate(idx.tolist()):
+        bx = {}
+        for k, crop in boxes.get(i, {}).items():
+            m = move_crop(crop, bool(flip[r]), cells, grid)
+            if m is not None:
+                bx[k] = m
+        moved.append(bx)
+    return pseudo_crop_batch(
+        moved, labels[idx], y, w, cut, gen, smoothing / 2, 1 - smoothing / 2, grid
+    )
