@@ -50,8 +50,8 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-# Stage 1: the shipped checkpoint's whole recipe (from scratch, then a CutMix fine-tune; 34
-# minutes unless MINUTES=… is given, split in the recipe's proportions; STEPS=… makes it a step
+# Stage 1: the classifier's whole recipe (from scratch, a CutMix fine-tune, then crops of its own
+# pseudo-boxes; 38 minutes unless MINUTES=… is given, split 30 : 4 : 4; STEPS=… makes it a step
 # budget, the same on any machine, that the minutes only cap). On the embedded default `make demo`
 # starts from the shipped checkpoint instead.
 CLASSIFIER_MINUTES = $(if $(filter command line environment,$(origin MINUTES)),--minutes $(MINUTES))
@@ -59,7 +59,8 @@ STEPS ?=
 train-classifier: $(STAMP)
 	$(PY) -m train classifier --dataset '$(DATASET)' --device $(DEVICE) --threads $(THREADS) $(CLASSIFIER_MINUTES) $(if $(STEPS),--steps $(STEPS))
 
-# Stage 2: δ and heat-map threshold per class (the small validation subset).
+# Stage 2: δ (one for the classes calibrated together) and the heat-map setting of each class,
+# on the small validation subset.
 calibrate: $(STAMP)
 	$(PY) -m train calibrate --dataset '$(DATASET)' --device $(DEVICE) $(if $(CALIB_CLASSES),--classes $(CALIB_CLASSES))
 
