@@ -105,7 +105,7 @@ eval: $(STAMP) $(if $(SEEDS),$(SEED_ZIPS))
 # The README's first command: data, classifier, δ, one agent, every method evaluated. δ is
 # calibrated for a classifier of the demo's own (FROM_SCRATCH, or one in runs/animals/); the
 # shipped classifier comes with its calibration, which the stages read (its dog entry is what
-# `python -m train calibrate --classes dog` computes).
+# `python -m train calibrate --classes dog --delta-rule per-class` computes: the rule of its day).
 demo: $(STAMP)
 	$(PY) -m cutbg_env.data generate
 ifneq ($(FROM_SCRATCH),)

@@ -155,8 +155,9 @@ def test_shipped_classifier_and_calibration() -> None:
     assert dataset_setting(calib) == ("mid", "drop", 0.3)  # what evaluation uses on this set
     digest = hashlib.sha256(shipped.classifier_path().read_bytes()).hexdigest()
     assert calib["provenance"]["classifier_sha256"] == digest
-    assert "python -m train calibrate --dataset animals" in calib["provenance"]["commands"]
-    # the dog entry make demo reads (what python -m train calibrate --classes dog computes)
+    command = "python -m train calibrate --dataset animals --delta-rule per-class"
+    assert command in calib["provenance"]["commands"]
+    # the dog entry make demo reads (what calibrate --classes dog --delta-rule per-class computes)
     assert (calib["delta"]["dog"], calib["heatmap_layer"]["dog"]) == (0.2, "mid")
     assert (calib["heatmap_region"]["dog"], calib["heatmap_threshold"]["dog"]) == ("drop", 0.4)
     calib["delta"]["dog"] = -5.0  # a copy: the next caller sees the shipped values
