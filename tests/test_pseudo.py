@@ -138,6 +138,11 @@ def test_pseudo_stage_shares_and_bad_values() -> None:
     # with --init, the later stages may take the whole budget
     (only,) = ClassifierArgs(init="a.pt", finetune_share=0.0, pseudo_share=1.0).stages()
     assert (only.name, only.minutes, only.pseudo) == ("pseudo_crops", 38.0, True)
+    # shares summing to 1 up to rounding leave the first stage out, not a sliver of it
+    names = [
+        s.name for s in ClassifierArgs(init="a.pt", finetune_share=0.1, pseudo_share=0.9).stages()
+    ]
+    assert names == ["cutmix_finetune", "pseudo_crops"]
     message = (
         "--finetune-share 0.5 + --pseudo-share 0.5 leave the first stage no time: their sum "
         "must be below 1 (or at most 1 with --init)"

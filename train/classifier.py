@@ -44,18 +44,18 @@ from train.common import seed_everything
 from train.pseudo import PseudoBoxes, augmented_crops, pseudo_boxes
 
 RECIPE_MINUTES = (30.0, 4.0, 4.0)
-"""The shipped checkpoint's recipe (``cutbg_env/assets/animals-classifier.json``): minutes from
-scratch, of CutMix fine-tuning, then of pseudo-box crops (:mod:`train.pseudo`). ``--minutes`` is
-split in these proportions."""
+"""The recipe's minutes from scratch, of CutMix fine-tuning, then of pseudo-box crops
+(:mod:`train.pseudo`); ``--minutes`` is split in these proportions. The shipped checkpoint ran
+the first two (``cutbg_env/assets/animals-classifier.json``)."""
 
 
 @dataclass(frozen=True)
 class ClassifierArgs(StageArgs):
     """Train the multi-label classifier that the env and the agent use (it is written to
     ``--checkpoint``, default runs/<dataset>/classifier.pt, what it did to the ``.json`` beside it).
-    The defaults are the shipped checkpoint's recipe: 30 minutes from scratch, a 4-minute
-    CutMix fine-tune at a quarter of the learning rate, then 4 minutes on crops of pseudo-boxes
-    at the same rate (:mod:`train.pseudo`)."""
+    The default recipe: 30 minutes from scratch, a 4-minute CutMix fine-tune at a quarter of the
+    learning rate, then 4 minutes on crops of pseudo-boxes at the same rate (:mod:`train.pseudo`;
+    the shipped checkpoint ran the first two stages)."""
 
     checkpoint: str | None = None
     """Where the classifier is written (default: runs/<dataset>/classifier.pt)."""
@@ -168,8 +168,8 @@ class ClassifierArgs(StageArgs):
 
     def shares(self) -> tuple[float, float, float]:
         """Shares of the budget of the first, CutMix fine-tune and pseudo-box stages."""
-        first = max(1.0 - self.finetune_share - self.pseudo_share, 0.0)
-        return (first, self.finetune_share, self.pseudo_share)
+        first = 1.0 - self.finetune_share - self.pseudo_share
+        return (first if first > 1e-9 else 0.0, self.finetune_share, self.pseudo_share)
 
     def stages(self) -> list[Stage]:
         """The recipe's stages with their minutes and steps (:func:`split_minutes`,
