@@ -140,7 +140,7 @@ def test_pseudo_stage_shares_and_bad_values() -> None:
     assert (only.name, only.minutes, only.pseudo) == ("pseudo_crops", 38.0, True)
     # shares summing to 1 up to rounding leave the first stage out, not a sliver of it
     names = [
-        s.name for s in ClassifierArgs(init="a.pt", finetune_share=0.1, pseudo_share=0.9).stages()
+        s.name for s in ClassifierArgs(init="a.pt", finetune_share=0.18, pseudo_share=0.82).stages()
     ]
     assert names == ["cutmix_finetune", "pseudo_crops"]
     message = (
