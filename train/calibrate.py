@@ -140,13 +140,8 @@ class _Validation:
     drops: np.ndarray
     crops: dict[float, dict[int, tuple[int, int, int, int]]]
     """Greedy cutting's crop per δ of the grid and image."""
-
-    def hits(self, delta: float) -> int:
-        """Validation images whose greedy-cut box at ``delta`` is a CorLoc hit."""
-        return sum(
-            corloc_hit(crop_to_box(self.crops[delta][i], *self.size[i]), self.gt[i])
-            for i in self.images
-        )
+    hits: dict[float, int]
+    """Per δ, the validation images whose greedy-cut box is a CorLoc hit."""
 
 
 def calibrate(args: CalibrateArgs) -> dict:
@@ -182,9 +177,13 @@ def calibrate(args: CalibrateArgs) -> dict:
             float(d): {i: g.crop for i, g in zip(images, greedy_cut(world, images, d), strict=True)}
             for d in sorted({*DELTAS, args.context_delta})
         }
-        found[c] = _Validation(world, images, gt, size, drops, crops)
+        hits = {
+            d: sum(corloc_hit(crop_to_box(cr[i], *size[i]), gt[i]) for i in images)
+            for d, cr in crops.items()
+        }
+        found[c] = _Validation(world, images, gt, size, drops, crops, hits)
     pooled = (
-        pooled_delta({d: v.hits(d) for d in DELTAS} for v in found.values())
+        pooled_delta({d: v.hits[d] for d in DELTAS} for v in found.values())
         if found and args.delta_rule == "pooled"
         else None
     )
@@ -218,8 +217,8 @@ def calibrate(args: CalibrateArgs) -> dict:
             "images": len(images),
             "gt_drop_median": float(np.median(v.drops)),
             "needs_context": context,
-            "greedy_corloc": 100 * v.hits(delta) / len(images),
-            "greedy_hits": {f"{d:g}": v.hits(d) for d in DELTAS},
+            "greedy_corloc": 100 * v.hits[delta] / len(images),
+            "greedy_hits": {f"{d:g}": v.hits[d] for d in DELTAS},
             "refined_corloc": 100 * scores[(delta, layer, region, thr)],
             "full_image_corloc": 100
             * float(np.mean([corloc_hit(crop_to_box(FULL_CROP, *size[i]), gt[i]) for i in images])),
