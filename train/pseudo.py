@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from cutbg_env.backbone import Classifier
 from cutbg_env.data import VOCDataset
-from cutbg_env.geometry import FULL_CROP, GRID, Crop, box_to_crop
+from cutbg_env.geometry import FULL_CROP, GRID, Crop, box_to_crop, crop_area
 from cutbg_env.refine import Setting, refined_box
 from cutbg_env.world import CutWorld
 
@@ -81,10 +81,13 @@ def move_crop(crop: Crop, flip: bool, shift: tuple[int, int], grid: int = GRID) 
 
 def kept_share(box: Crop, crop: Crop) -> float:
     """Share of ``box``'s cells inside ``crop`` (both half-open grid crops)."""
-    w = min(box[2], crop[2]) - max(box[0], crop[0])
-    h = min(box[3], crop[3]) - max(box[1], crop[1])
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    return max(w, 0) * max(h, 0) / area
+    inside = (
+        max(box[0], crop[0]),
+        max(box[1], crop[1]),
+        min(box[2], crop[2]),
+        min(box[3], crop[3]),
+    )
+    return crop_area(inside) / crop_area(box)
 
 
 def sample_crop(box: Crop, cut: float, gen: torch.Generator, grid: int = GRID) -> Crop:
