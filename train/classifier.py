@@ -431,17 +431,16 @@ def _fit(
 
 
 def _find_pseudo_boxes(
-    model: Classifier, args: ClassifierArgs, splits: list[VOCDataset]
+    model: Classifier, args: ClassifierArgs, sources: list[tuple[str, str | None, VOCDataset]]
 ) -> tuple[PseudoBoxes, dict]:
-    """The pseudo-boxes of every training image (indices run on across ``splits``, as the
-    training tensors do) and what finding them took."""
+    """The pseudo-boxes of every training image and what finding them took. ``sources``: the
+    training splits as ``(dataset name, root, split)``, in the order of the training tensors
+    (indices run on across them)."""
     start = time.monotonic()
     setting = parse_setting(args.pseudo_setting)
     boxes: PseudoBoxes = {}
     offset = 0
-    for k, split in enumerate(splits):
-        name = args.dataset if k == 0 else "voc2012"
-        root = args.root if k == 0 else None
+    for name, root, split in sources:
         found = pseudo_boxes(model, split, name, setting, args.device, root)
         boxes.update({offset + i: b for i, b in found.items()})
         offset += len(split)
@@ -490,10 +489,10 @@ def _train_classifier(args: ClassifierArgs, ckpt: Path, t_enter: float) -> Path:
     seed_everything(args.seed, args.threads)
     train_split, test_split = dataset_splits(args.dataset)
     train = open_split(args.dataset, train_split, args.root)
-    extra: list[VOCDataset] = []
+    sources: list[tuple[str, str | None, VOCDataset]] = [(args.dataset, args.root, train)]
     if args.dataset == "voc2007":  # the paper: VOC2007 trainval + VOC2012 train
         try:
-            extra.append(open_split("voc2012", "train"))
+            sources.append(("voc2012", None, open_split("voc2012", "train")))
         except DataError:
             log("VOC2012 not found: fine-tuning on VOC2007 trainval only")
     test = open_split(args.dataset, test_split, args.root)
@@ -506,7 +505,7 @@ def _train_classifier(args: ClassifierArgs, ckpt: Path, t_enter: float) -> Path:
     # channels_last: ~1.8x faster convolutions and batch norm on CPU (and on CUDA with AMP)
     model = model.to(args.device, memory_format=torch.channels_last)
     size = config.input_size
-    parts = [_load_split(d, size) for d in [train, *extra]]
+    parts = [_load_split(d, size) for _, _, d in sources]
     data = (
         torch.cat([p[0] for p in parts]),
         torch.cat([p[1] for p in parts]),
@@ -520,9 +519,7 @@ def _train_classifier(args: ClassifierArgs, ckpt: Path, t_enter: float) -> Path:
     left = t_enter + args.minutes * 60.0 - time.monotonic() - EVAL_RESERVE_S * len(stages)
     for stage, seconds in zip(stages, training_seconds(left, stages, args.minutes), strict=True):
         until = time.monotonic() + seconds  # finding the pseudo-boxes is part of the stage
-        boxes, box_stats = (
-            _find_pseudo_boxes(model, args, [train, *extra]) if stage.pseudo else (None, {})
-        )
+        boxes, box_stats = _find_pseudo_boxes(model, args, sources) if stage.pseudo else (None, {})
         stats = _fit(model, stage, args, data, until, writer, step, boxes) | box_stats
         step += stats["steps"]
         ap, m_ap = _test_ap(model, test, test_data, args.device)
