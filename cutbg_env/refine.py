@@ -430,6 +430,23 @@ def dataset_setting(calibration: Mapping) -> Setting | None:
     return pooled_setting(tables) if tables else None
 
 
+def dataset_setting_hits(calibration: Mapping) -> tuple[Setting, int, int] | None:
+    """How well the dataset's setting localizes: ``(setting, hits, images)``, the validation
+    images whose refined greedy-cut box is a CorLoc hit under :func:`dataset_setting`, summed
+    over the classes with a ``refinement_hits`` table, and those classes' validation images
+    (``validation[c]["images"]``); ``None`` when the calibration has no such table. The number
+    to check before training agents on a new classifier: the refined rows box its heat-map."""
+    chosen = dataset_setting(calibration)
+    if chosen is None:
+        return None
+    key = setting_key(chosen)
+    tables = {c: t for c, t in calibration.get("refinement_hits", {}).items() if t}
+    hits = sum(int(t.get(key, 0)) for t in tables.values())
+    validation = calibration.get("validation", {})
+    images = sum(int(validation.get(c, {}).get("images", 0)) for c in tables)
+    return chosen, hits, images
+
+
 def _hit_tables(calibration: Mapping) -> list[Mapping[str, int]]:
     """The calibration's non-empty per-class ``refinement_hits`` tables."""
     return [t for t in calibration.get("refinement_hits", {}).values() if t]

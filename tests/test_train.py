@@ -24,6 +24,7 @@ from cutbg_env.refine import (
     best_setting,
     calibrated_setting,
     dataset_setting,
+    dataset_setting_hits,
     parse_setting,
     pooled_setting,
     refinement_scores,
@@ -584,7 +585,9 @@ def test_per_class_rule_follows_the_context_test(own_runs: Path) -> None:
 
 
 @slow
-def test_calibrate_writes_the_asked_classes_and_keeps_the_others(own_runs: Path) -> None:
+def test_calibrate_writes_the_asked_classes_and_keeps_the_others(
+    own_runs: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = own_runs / "calibration.json"
     stored = json.loads(path.read_text())
     stored["delta"]["cat"] = 0.42  # a class calibrated before, not asked for now
@@ -596,6 +599,13 @@ def test_calibrate_writes_the_asked_classes_and_keeps_the_others(own_runs: Path)
     )
     saved = json.loads(path.read_text())
     assert saved == result
+    # its last line: how well the dataset's heat-map setting localizes, over every stored class
+    setting, hits, images = dataset_setting_hits(saved)
+    assert images == sum(v["images"] for v in saved["validation"].values()) > 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"calibrate: the dataset's heat-map setting {setting_key(setting)} refines greedy-cut "
+        f"boxes into hits on {hits} of {images} validation images ({100 * hits / images:.0f} %)"
+    )
     assert saved["delta"] == {"dog": stored["delta"]["dog"], "cat": 0.42, "zebra": 0.07}
     assert saved["heatmap_threshold"]["cat"] == 0.7
     for key in ("heatmap_layer", "heatmap_region", "heatmap_threshold", "validation"):
@@ -1015,6 +1025,10 @@ def test_the_dataset_setting_is_pooled_over_the_calibrated_classes() -> None:
     }
     assert dataset_setting(calib) == ("mid", "mass", 0.4)  # 11 hits against 9
     assert dataset_setting({}) is None and dataset_setting({"refinement_hits": {}}) is None
+    # what calibrate reports: the chosen setting's hits over the classes with a table
+    calib["validation"] = {"dog": {"images": 20}, "cat": {"images": 15}, "bear": {"images": 9}}
+    assert dataset_setting_hits(calib) == (("mid", "mass", 0.4), 11, 35)
+    assert dataset_setting_hits({"refinement_hits": {"bear": {}}}) is None
     # the agents' own tables (which alone would pick senior/mass/0.9) are not used
     agents = {"dog": {"senior/mass/0.9": 20}, "cow": None}
     settings, how = evaluation_settings(agents, calib)

@@ -57,7 +57,13 @@ from cutbg_env.geometry import FULL_CROP, box_to_crop, crop_to_box
 from cutbg_env.io import file_sha256, log, relpath, remove_stale_temps, write_json
 from cutbg_env.localize import greedy_cut
 from cutbg_env.metrics import corloc_hit
-from cutbg_env.refine import best_setting, hit_counts, refinement_scores
+from cutbg_env.refine import (
+    best_setting,
+    dataset_setting_hits,
+    hit_counts,
+    refinement_scores,
+    setting_key,
+)
 from cutbg_env.world import CutWorld
 
 
@@ -254,4 +260,12 @@ def calibrate(args: CalibrateArgs) -> dict:
         merged["rule"] = calib["rule"]
         write_json(path, merged)
     log(f"calibration -> {relpath(path)}")
+    summary = dataset_setting_hits(merged)
+    if summary is not None:
+        setting, hits, images = summary
+        share = f" ({100 * hits / images:.0f} %)" if images else ""
+        log(
+            f"calibrate: the dataset's heat-map setting {setting_key(setting)} refines greedy-cut "
+            f"boxes into hits on {hits} of {images} validation images{share}"
+        )
     return merged
