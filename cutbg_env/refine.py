@@ -427,7 +427,7 @@ def dataset_setting(calibration: Mapping) -> Setting | None:
     images, every setting), or ``None`` when the calibration has no such table (a file written
     before it existed)."""
     tables = _hit_tables(calibration)
-    return pooled_setting(tables) if tables else None
+    return pooled_setting(tables.values()) if tables else None
 
 
 def dataset_setting_hits(calibration: Mapping) -> tuple[Setting, int, int] | None:
@@ -440,16 +440,16 @@ def dataset_setting_hits(calibration: Mapping) -> tuple[Setting, int, int] | Non
     if chosen is None:
         return None
     key = setting_key(chosen)
-    tables = {c: t for c, t in calibration.get("refinement_hits", {}).items() if t}
+    tables = _hit_tables(calibration)
     hits = sum(int(t.get(key, 0)) for t in tables.values())
     validation = calibration.get("validation", {})
     images = sum(int(validation.get(c, {}).get("images", 0)) for c in tables)
     return chosen, hits, images
 
 
-def _hit_tables(calibration: Mapping) -> list[Mapping[str, int]]:
-    """The calibration's non-empty per-class ``refinement_hits`` tables."""
-    return [t for t in calibration.get("refinement_hits", {}).values() if t]
+def _hit_tables(calibration: Mapping) -> dict[str, Mapping[str, int]]:
+    """The calibration's non-empty ``refinement_hits`` tables, per class."""
+    return {c: t for c, t in calibration.get("refinement_hits", {}).items() if t}
 
 
 def evaluation_settings(
